@@ -1,0 +1,27 @@
+"""The matching core: pure Python, no I/O, no clock, no randomness.
+
+Layout: ``types`` (enums, units), ``commands`` (inputs), ``events`` (outputs),
+``price_level`` and ``order_book`` (one symbol), ``matcher`` (all books,
+``match_sequence``, the state hash), ``errors``.
+May import: the standard library, ``sortedcontainers`` and ``msgpack`` (for
+the state hash only). Must not import anything else of evengine
+(``tests/unit/test_layering.py`` checks).
+"""
+
+from .commands import COMMAND_CLASSES, AddSymbol, AmendOrder, BadInput, CancelOrder, Command, PlaceOrder
+from .errors import BookIntegrityError, CoreError, SequenceGapError
+from .events import (EVENT_CLASSES, LOGGED_KINDS, Event, OrderAmended, OrderCancelled,
+                     OrderRejected, OrderRested, SymbolAdded, Trade)
+from .matcher import Matcher
+from .order_book import OrderBook
+from .price_level import PriceLevel, RestingOrder
+from .types import (BUY, SELL, CancelReason, Kind, OrderType, RejectReason, Side, TimeInForce)
+
+__all__ = [
+    "AddSymbol", "AmendOrder", "BadInput", "CancelOrder", "Command", "PlaceOrder", "COMMAND_CLASSES",
+    "BookIntegrityError", "CoreError", "SequenceGapError",
+    "Event", "OrderAmended", "OrderCancelled", "OrderRejected", "OrderRested", "SymbolAdded",
+    "Trade", "LOGGED_KINDS", "EVENT_CLASSES",
+    "Matcher", "OrderBook", "PriceLevel", "RestingOrder",
+    "BUY", "SELL", "CancelReason", "Kind", "OrderType", "RejectReason", "Side", "TimeInForce",
+]
