@@ -1,0 +1,22 @@
+"""The write-ahead log: segments of checksummed batch frames, group commit,
+readers from any sequence number, the in-memory event buffer.
+
+Layout: ``segment`` (byte format, scanning, the torn-tail rule), ``writer``
+(group commit; fsync in a syncer process; sealing), ``reader``, ``buffer``,
+``fsio`` (atomic_write, fsync_dir), ``errors``. Format: ``FORMAT.md``.
+May import: the standard library, msgpack, zstandard. Knows nothing of orders:
+an event is a msgpack value with a sequence number.
+"""
+
+from .buffer import EventBuffer
+from .errors import (AtomicWriteError, CorruptRecordError, EventStoreError, WalSequenceError,
+                     WriterDiedError)
+from .fsio import atomic_write, fsync_dir
+from .reader import WalReader, WalScan
+from .segment import SegmentInfo, TornTail, list_segments
+from .writer import CommitStats, WalWriter, seal_segment
+
+__all__ = ["EventBuffer", "AtomicWriteError", "CorruptRecordError", "EventStoreError",
+           "WalSequenceError", "WriterDiedError", "atomic_write", "fsync_dir", "WalReader",
+           "WalScan", "SegmentInfo", "TornTail", "list_segments", "CommitStats", "WalWriter",
+           "seal_segment"]

@@ -1,0 +1,430 @@
+"""The WAL writer: group commit with the fsync in a process of its own.
+
+Why a process. ``os.fdatasync`` releases the GIL, but a writer *thread* must
+take the GIL back to report that the sync finished, and while matching holds
+the GIL it waits a whole switch interval (5 ms): measured p99 commit latency
+about 22 ms (``shared/PERFORMANCE.md``). So the matching thread itself does
+the cheap part, ``os.write`` of a batch frame into the page cache, and a forked
+*syncer* process, with no GIL of ours to wait for, does the slow part:
+
+    matching thread                          syncer process
+    ---------------                          --------------
+    append(payload) -> msgpack into buffer
+    flush(): os.write(frame)  --(seg, upto)-->  fdatasync(segment)
+    durable_seq  <-------- shared memory ---- store upto; wake byte on a pipe
+
+Each fdatasync covers every frame written before it began, so the syncer
+commits as many batches at once as arrived during the previous sync: group
+commit with no timer to tune. ``durable_seq`` (the watermark) is the highest
+sequence number known to be on disk; nothing may leave the engine above it.
+
+Rotation: when a segment passes ``segment_size_bytes`` the writer opens the
+next one; the syncer, on its first message for the new segment, fsyncs the old
+one and the directory. Sealing: a background thread compresses each closed
+segment with zstandard once it is durable (``atomic_write`` of ``.seg.zst``,
+then unlink of the raw file); zstd releases the GIL while it compresses.
+
+The format is in ``eventstore/FORMAT.md``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import queue
+import select
+import struct
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Optional
+
+import msgpack
+import zstandard
+
+from .buffer import EventBuffer
+from .errors import WalSequenceError, WriterDiedError
+from .fsio import atomic_write, fsync_dir
+from .segment import encode_frame_header, encode_segment_header, list_segments, segment_name
+
+__all__ = ["WalWriter", "CommitStats"]
+
+_MSG = struct.Struct("<QQ")        # segment first_seq, last seq written
+_SHM = struct.Struct("<QQQQ")      # durable_seq, error errno (0 ok), syncs, sync ns total
+_U64 = struct.Struct("<Q")
+
+
+class CommitStats:
+    """Commit latencies: from the first append of a batch to the moment the
+    matching thread saw it durable, in ns; one sample per flushed batch."""
+
+    def __init__(self) -> None:
+        self.latencies_ns: list[int] = []
+        self.batches = 0
+        self.events = 0
+
+    def percentile_ms(self, p: float) -> float:
+        if not self.latencies_ns:
+            return 0.0
+        data = sorted(self.latencies_ns)
+        return data[min(len(data) - 1, int(p / 100 * len(data)))] / 1e6
+
+
+def _syncer_main(wal_dir: str, req_r: int, ack_w: int, shm: mmap.mmap) -> None:
+    """Loop of the syncer process: fdatasync what the parent wrote, publish it."""
+    fd = -1
+    seg = -1
+    pending = b""
+    syncs = 0
+    sync_ns = 0
+    while True:
+        data = os.read(req_r, 1 << 16)
+        if not data:
+            break
+        pending += data
+        n = len(pending) // _MSG.size
+        upto = None
+        for i in range(n):
+            msg_seg, msg_upto = _MSG.unpack_from(pending, i * _MSG.size)
+            if msg_seg != seg:
+                if fd >= 0:
+                    os.fdatasync(fd)
+                    os.close(fd)
+                fd = os.open(os.path.join(wal_dir, segment_name(msg_seg)), os.O_RDONLY)
+                fsync_dir(wal_dir)
+                seg = msg_seg
+            upto = msg_upto
+        pending = pending[n * _MSG.size:]
+        if upto is None:
+            continue
+        t0 = time.perf_counter_ns()
+        os.fdatasync(fd)
+        syncs += 1
+        sync_ns += time.perf_counter_ns() - t0
+        shm[0:_SHM.size] = _SHM.pack(upto, 0, syncs, sync_ns)
+        try:
+            os.write(ack_w, b"\x01")
+        except BlockingIOError:
+            pass
+    if fd >= 0:
+        os.fdatasync(fd)
+
+
+class WalWriter:
+    """Appends events to the WAL in ``wal_dir`` with group commit.
+
+    Args:
+        wal_dir: directory of the segments (created if missing).
+        next_seq: sequence number of the first event to append (recovery's
+            ``last_seq + 1``). A new segment starts there.
+        segment_size_bytes: a segment is closed and sealed once it reaches
+            this size (default 64 MiB).
+        compress_sealed: seal closed segments with zstandard.
+        zstd_level: compression level for sealed segments (1: 470 MB/s, 2.3x here).
+        buffer_capacity: events kept in the in-memory :class:`EventBuffer`.
+        max_frame_events: a frame is flushed when it holds this many events.
+
+    Raises:
+        OSError: the directory or the first segment cannot be created.
+
+    Not thread-safe: one matching thread appends, flushes and polls.
+    """
+
+    def __init__(self, wal_dir: str, next_seq: int = 1, *, segment_size_bytes: int = 64 << 20,
+                 compress_sealed: bool = True, zstd_level: int = 1,
+                 buffer_capacity: int = 100_000, max_frame_events: int = 65_536) -> None:
+        os.makedirs(wal_dir, exist_ok=True)
+        self.wal_dir = wal_dir
+        self.segment_size_bytes = segment_size_bytes
+        self.compress_sealed = compress_sealed
+        self.zstd_level = zstd_level
+        self.max_frame_events = max_frame_events
+        self.buffer = EventBuffer(buffer_capacity, next_seq)
+        self.stats = CommitStats()
+        self._next_seq = next_seq
+        self._written_seq = next_seq - 1
+        self._packer = msgpack.Packer(autoreset=False)
+        self._count = 0
+        self._t_first = 0
+        self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, t_first ns, events)
+        self._closed = False
+        self._died: Optional[str] = None
+        self._shm = mmap.mmap(-1, mmap.PAGESIZE)
+        self._shm[0:_SHM.size] = _SHM.pack(next_seq - 1, 0, 0, 0)
+        self._seal_queue: "queue.Queue[Optional[tuple[int, int]]]" = queue.Queue()
+        req_r, req_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the syncer: touches only its fds and the shared page
+            code = 0
+            try:
+                os.close(req_w)
+                os.close(ack_r)
+                os.set_blocking(ack_w, False)
+                _syncer_main(wal_dir, req_r, ack_w, self._shm)
+            except OSError as exc:
+                self._shm[8:16] = _U64.pack(exc.errno or errno.EIO)
+                code = 1
+            except BaseException:
+                self._shm[8:16] = _U64.pack(errno.EIO)
+                code = 1
+            os._exit(code)
+        os.close(req_r)
+        os.close(ack_w)
+        os.set_blocking(ack_r, False)
+        self.syncer_pid = pid
+        self._req_w = req_w
+        self._ack_r = ack_r
+        self._fd = -1
+        self._seg_first = 0
+        self._seg_size = 0
+        for info in list_segments(wal_dir):
+            if not info.sealed and compress_sealed:
+                self._seal_queue.put((info.first_seq, next_seq - 1))
+        self._open_segment(next_seq)
+        self._sealer = threading.Thread(target=self._seal_loop, name="wal-sealer", daemon=True)
+        self._sealer.start()
+
+    # ------------------------------------------------------------- appending
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next :meth:`append` takes."""
+        return self._next_seq
+
+    @property
+    def written_seq(self) -> int:
+        """Last sequence number handed to the OS (not yet necessarily durable)."""
+        return self._written_seq
+
+    def append(self, payload: Any) -> int:
+        """Add one event (any msgpack-able value) to the current batch; return its seq.
+
+        The event is not durable until ``durable_seq`` reaches the returned seq.
+        Complexity: O(size of payload).
+        """
+        if not self._count:
+            self._t_first = time.perf_counter_ns()
+        self._packer.pack(payload)
+        self._count += 1
+        self.buffer.append(payload)
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        if self._count >= self.max_frame_events:
+            self.flush()
+        return seq
+
+    def append_at(self, seq: int, payload: Any) -> None:
+        """:meth:`append`, checking that ``seq`` is the next sequence number.
+
+        Raises:
+            WalSequenceError: ``seq != next_seq``.
+        """
+        if seq != self._next_seq:
+            raise WalSequenceError(self._segment_path(self._seg_first), self._seg_size, self._next_seq, seq)
+        self.append(payload)
+
+    def flush(self) -> None:
+        """End the batch: write it as one frame and ask the syncer to fsync it.
+        Rotates the segment once it is full. Cheap when nothing is pending.
+
+        Raises:
+            WriterDiedError: the syncer is gone.
+            OSError: the write failed (disk full): the engine must stop.
+        """
+        if not self._count:
+            return
+        if self._died:
+            raise WriterDiedError(self._died)
+        payload = self._packer.bytes()
+        self._packer.reset()
+        first = self._next_seq - self._count
+        last = self._next_seq - 1
+        header = encode_frame_header(payload, first, self._count)
+        n = os.writev(self._fd, [header, payload])
+        if n != len(header) + len(payload):
+            raise OSError(errno.EIO, f"short write to {self._segment_path(self._seg_first)}")
+        self._seg_size += n
+        self._written_seq = last
+        self._inflight.append((last, self._t_first, self._count))
+        self._count = 0
+        self._notify(self._seg_first, last)
+        if self._seg_size >= self.segment_size_bytes:
+            self._rotate()
+
+    def _notify(self, seg_first: int, upto: int) -> None:
+        try:
+            os.write(self._req_w, _MSG.pack(seg_first, upto))
+        except BrokenPipeError as exc:
+            self._fail("the WAL syncer process exited")
+            raise WriterDiedError(self._died) from exc
+
+    def _segment_path(self, first_seq: int) -> str:
+        return os.path.join(self.wal_dir, segment_name(first_seq))
+
+    def _open_segment(self, first_seq: int) -> None:
+        path = self._segment_path(first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        header = encode_segment_header(first_seq)
+        os.write(fd, header)
+        self._fd = fd
+        self._seg_first = first_seq
+        self._seg_size = len(header)
+        # Tell the syncer now, so the new file and its directory entry get synced.
+        self._notify(first_seq, self._written_seq)
+
+    def _rotate(self) -> None:
+        old_first, old_fd = self._seg_first, self._fd
+        self._open_segment(self._next_seq)
+        os.close(old_fd)
+        if self.compress_sealed:
+            self._seal_queue.put((old_first, self._written_seq))
+
+    # ---------------------------------------------------------- durability
+    @property
+    def durable_seq(self) -> int:
+        """The watermark: every event with ``seq <= durable_seq`` is on disk.
+
+        Raises:
+            WriterDiedError: the syncer reported an error or exited.
+        """
+        durable, err, _, _ = _SHM.unpack_from(self._shm, 0)
+        if err:
+            self._fail(f"the WAL syncer failed: {os.strerror(err)} (errno {err})")
+        if self._died:
+            raise WriterDiedError(self._died)
+        if self._inflight and self._inflight[0][0] <= durable:
+            now = time.perf_counter_ns()
+            stats = self.stats
+            while self._inflight and self._inflight[0][0] <= durable:
+                _, t_first, count = self._inflight.popleft()
+                stats.latencies_ns.append(now - t_first)
+                stats.batches += 1
+                stats.events += count
+        return durable
+
+    def sync_counters(self) -> tuple[int, int]:
+        """``(fsyncs done, total ns spent in them)`` by the syncer."""
+        _, _, syncs, sync_ns = _SHM.unpack_from(self._shm, 0)
+        return syncs, sync_ns
+
+    def wait_durable(self, seq: int, timeout: Optional[float] = None) -> bool:
+        """Block until ``durable_seq >= seq`` (flushing first); False on timeout.
+
+        Raises:
+            WriterDiedError: the syncer failed or exited while waiting.
+        """
+        self.flush()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.durable_seq < seq:
+            self._check_syncer()
+            remaining = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if remaining <= 0:
+                return False
+            select.select([self._ack_r], [], [], remaining)
+            self.drain_wakeups()
+        return True
+
+    def drain_wakeups(self) -> None:
+        """Empty the syncer's wake-up pipe (for a caller that selects on :attr:`wakeup_fd`)."""
+        try:
+            while os.read(self._ack_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    @property
+    def wakeup_fd(self) -> int:
+        """Readable whenever the syncer has advanced ``durable_seq``."""
+        return self._ack_r
+
+    def _check_syncer(self) -> None:
+        pid, status = os.waitpid(self.syncer_pid, os.WNOHANG)
+        if pid:
+            self.syncer_pid = 0
+            _, err, _, _ = _SHM.unpack_from(self._shm, 0)
+            self._fail(f"the WAL syncer process exited (status {status}, errno {err})")
+            raise WriterDiedError(self._died)
+
+    def _fail(self, why: str) -> None:
+        if not self._died:
+            self._died = why
+
+    # ------------------------------------------------------------- sealing
+    def _seal_loop(self) -> None:
+        while True:
+            item = self._seal_queue.get()
+            if item is None:
+                return
+            first_seq, last_seq = item
+            while not self._closed and not self._died:
+                durable, err, _, _ = _SHM.unpack_from(self._shm, 0)
+                if durable >= last_seq or err:
+                    break
+                time.sleep(0.005)
+            try:
+                seal_segment(self.wal_dir, first_seq, self.zstd_level)
+            except OSError:
+                pass  # left raw: still a valid segment, sealed again at the next start
+
+    # ------------------------------------------------------------- closing
+    def close_in_child(self) -> None:
+        """In a forked child (a snapshot writer): drop this process's copies of
+        the writer's pipe ends, so the syncer sees EOF when the engine dies."""
+        for fd in (self._req_w, self._ack_r, self._fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, wait until everything appended is durable, stop the syncer and
+        the sealer (letting it finish the segments queued).
+
+        Raises:
+            WriterDiedError: the syncer failed before all was durable.
+        """
+        if self._closed:
+            return
+        try:
+            if not self._died:
+                self.wait_durable(self._next_seq - 1, timeout)
+        finally:
+            self._closed = True
+            os.close(self._req_w)
+            os.close(self._fd)
+            if self.syncer_pid:
+                os.waitpid(self.syncer_pid, 0)
+                self.syncer_pid = 0
+            os.close(self._ack_r)
+            self._seal_queue.put(None)
+            self._sealer.join()
+
+    def __enter__(self) -> "WalWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def seal_segment(wal_dir: str, first_seq: int, level: int = 1) -> Optional[str]:
+    """Compress the raw segment starting at ``first_seq`` into ``.seg.zst``
+    (one zstd frame with its content checksum), then unlink the raw file.
+    Crash-safe: the sealed file appears whole (``atomic_write``) before the raw
+    one goes. Returns the sealed path, or None if there was nothing to seal.
+
+    Raises:
+        AtomicWriteError: writing the sealed file failed (the raw file stays).
+    """
+    raw = os.path.join(wal_dir, segment_name(first_seq))
+    try:
+        with open(raw, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    sealed = raw + ".zst"
+    atomic_write(sealed, zstandard.ZstdCompressor(level=level, write_checksum=True,
+                                                  write_content_size=True).compress(data))
+    os.unlink(raw)
+    fsync_dir(wal_dir)
+    return sealed
