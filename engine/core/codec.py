@@ -1,0 +1,58 @@
+"""Payload <-> command/event objects, and the JSON shape used by the CLI.
+
+A WAL payload is the msgpack array of a command or event (kind first); see
+``eventstore/FORMAT.md``, payloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .commands import COMMAND_CLASSES
+from .events import EVENT_CLASSES
+from .types import Kind
+
+__all__ = ["decode_payload", "is_command", "to_json", "KIND_NAMES"]
+
+_CLASSES = {**COMMAND_CLASSES, **EVENT_CLASSES}
+
+KIND_NAMES = {
+    Kind.ADD_SYMBOL.value: "add_symbol", Kind.PLACE.value: "place", Kind.CANCEL.value: "cancel",
+    Kind.AMEND.value: "amend", Kind.BAD_INPUT.value: "bad_input", Kind.TRADE.value: "trade",
+    Kind.REJECTED.value: "rejected", Kind.RESTED.value: "rested", Kind.CANCELLED.value: "cancelled",
+    Kind.AMENDED.value: "amended", Kind.SYMBOL_ADDED.value: "symbol_added",
+}
+
+
+def decode_payload(payload: Any) -> Any:
+    """The command or event a WAL payload encodes.
+
+    Raises:
+        ValueError: not an array, unknown kind, or wrong number of fields.
+    """
+    if not isinstance(payload, (tuple, list)) or not payload:
+        raise ValueError(f"payload is not a non-empty array: {payload!r:.80}")
+    cls = _CLASSES.get(payload[0])
+    if cls is None:
+        raise ValueError(f"unknown payload kind {payload[0]!r}")
+    try:
+        return cls(*payload)
+    except TypeError as exc:
+        raise ValueError(f"payload of kind {payload[0]} has {len(payload)} fields: {exc}") from exc
+
+
+def is_command(obj: Any) -> bool:
+    """Whether ``obj`` (a command, event or payload) is a command (kind < 64)."""
+    return obj[0] < 64
+
+
+def to_json(seq: int, obj: Any) -> dict:
+    """``{"seq": seq, "type": "place", <fields>...}`` for a command or event."""
+    out = {"seq": seq, "type": KIND_NAMES.get(obj[0], str(obj[0]))}
+    fields = getattr(obj, "_fields", None)
+    if fields is None:
+        out["payload"] = list(obj)
+        return out
+    for name, value in zip(fields[1:], obj[1:]):
+        out[name] = value if not isinstance(value, bytes) else value.hex()
+    return out

@@ -1,0 +1,17 @@
+"""Recovery, replay, verification and time travel.
+
+Layout: ``recover`` (startup: snapshot + WAL delta, torn tail), ``replay``
+(apply WAL events, check logged trades), ``time_travel`` (books at any seq,
+the notebook API), ``verify`` (full check), ``errors``.
+May import: engine.core, eventstore (read side and fsio), snapshot. Never
+writes the WAL (it only cuts a torn tail, at start, before any writer opens).
+"""
+
+from .errors import RecoveryError, ReplayMismatchError, WalGapError
+from .recover import Recovery, recover, snapshot_dir, wal_dir
+from .replay import Mismatch, Replayer
+from .time_travel import History, open_data_dir
+from .verify import verify
+
+__all__ = ["RecoveryError", "ReplayMismatchError", "WalGapError", "Recovery", "recover", "snapshot_dir",
+           "wal_dir", "Mismatch", "Replayer", "History", "open_data_dir", "verify"]

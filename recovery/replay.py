@@ -1,0 +1,89 @@
+"""Re-apply WAL events to a matcher and check the logged trades and rejects."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from engine.core import LOGGED_KINDS, Matcher, SequenceGapError, decode_payload
+
+from .errors import ReplayMismatchError
+
+__all__ = ["Replayer", "Mismatch"]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    seq: int
+    expected: Any
+    actual: Any
+
+
+@dataclass
+class Replayer:
+    """Feeds ``(seq, payload)`` pairs from the WAL into ``matcher``.
+
+    Commands are applied; each logged event (trade, reject) that follows is
+    compared with what the matcher produced for its command. Events the
+    matcher produced that the WAL does not (yet) hold are :attr:`pending`:
+    at the very end of the WAL that is a crash between a command's frame and
+    its trades' frame, and the engine appends them again on start.
+
+    Args:
+        matcher: the state to apply to (``matcher.last_seq + 1`` is the next
+            command's seq).
+        strict: raise :class:`ReplayMismatchError` at the first mismatch;
+            otherwise collect them in :attr:`mismatches`.
+    """
+
+    matcher: Matcher
+    strict: bool = True
+    events: int = 0
+    commands: int = 0
+    checked: int = 0
+    mismatches: list = field(default_factory=list)
+    pending: deque = field(default_factory=deque)
+
+    def feed(self, seq: int, payload: Any) -> Optional[list]:
+        """Apply or check one WAL event; return the matcher's events for a command.
+
+        Raises:
+            ReplayMismatchError: (strict) a logged event differs or is missing.
+            ValueError: the payload is not a known command or event.
+        """
+        self.events += 1
+        obj = decode_payload(payload)
+        if obj[0] in LOGGED_KINDS:
+            if not self.pending:
+                self._mismatch(seq, None, obj)
+                return None
+            expected = self.pending.popleft()
+            self.checked += 1
+            if tuple(expected) != tuple(obj):
+                self._mismatch(seq, expected, obj)
+            return None
+        if self.pending:
+            self._mismatch(seq, self.pending[0], obj)
+            self.pending.clear()
+        if seq != self.matcher.last_seq + 1:
+            if self.strict:
+                raise ReplayMismatchError(seq, f"command at seq {self.matcher.last_seq + 1}", obj)
+            self.mismatches.append(Mismatch(seq, f"seq {self.matcher.last_seq + 1}", obj))
+            self.matcher.last_seq = seq - 1
+        out = self.matcher.apply(seq, obj)
+        self.commands += 1
+        for event in out:
+            if event[0] in LOGGED_KINDS:
+                self.pending.append(event)
+        return out
+
+    def feed_all(self, items: Iterable[tuple[int, Any]]) -> "Replayer":
+        for seq, payload in items:
+            self.feed(seq, payload)
+        return self
+
+    def _mismatch(self, seq: int, expected: Any, actual: Any) -> None:
+        if self.strict:
+            raise ReplayMismatchError(seq, expected, actual)
+        self.mismatches.append(Mismatch(seq, expected, actual))
