@@ -303,6 +303,11 @@ class WalWriter:
                 stats.events += count
         return durable
 
+    def peek_durable(self) -> int:
+        """``durable_seq`` as the syncer last published it; no checks, no
+        statistics. Safe in a forked child (a snapshot writer)."""
+        return _U64.unpack_from(self._shm, 0)[0]
+
     def sync_counters(self) -> tuple[int, int]:
         """``(fsyncs done, total ns spent in them)`` by the syncer."""
         _, _, syncs, sync_ns = _SHM.unpack_from(self._shm, 0)

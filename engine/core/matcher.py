@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import msgpack
 
-from .commands import Command
+from .commands import COMMAND_CLASSES, Command
 from .errors import SequenceGapError
 from .events import (OrderAmended, OrderCancelled, OrderRejected, OrderRested, SymbolAdded,
                      Trade)
@@ -41,10 +41,20 @@ _NO_LIQUIDITY = CancelReason.NO_LIQUIDITY.value
 _FOK_UNFILLED = CancelReason.FOK_UNFILLED.value
 _USER = CancelReason.USER.value
 R = RejectReason
+_INT64_MAX = 2**63 - 1
+_FIELD_COUNTS = {kind: len(cls._fields) for kind, cls in COMMAND_CLASSES.items()}
 
 
 def _is_int(value: Any) -> bool:
     return type(value) is int
+
+
+def _valid_envelope(ts_ns: Any, source: Any, source_pos: Any) -> bool:
+    """The fields every command has: they reach trades, ``positions`` and
+    snapshots, so they must be msgpack-encodable and hashable (``source``)."""
+    return (_is_int(ts_ns) and 0 <= ts_ns <= _INT64_MAX
+            and (source is None or type(source) is str)
+            and (source_pos is None or _is_int(source_pos) and 0 <= source_pos <= _INT64_MAX))
 
 
 class Matcher:
@@ -99,18 +109,26 @@ class Matcher:
         out: list = []
         first_match = self.match_sequence
         kind = cmd[0]
-        if kind == _PLACE:
-            self._place(seq, cmd, out)
-        elif kind == _CANCEL:
-            self._cancel(seq, cmd, out)
-        elif kind == _AMEND:
-            self._amend(seq, cmd, out)
-        elif kind == _ADD_SYMBOL:
-            self._add_symbol(seq, cmd, out)
-        elif kind == _BAD_INPUT:
-            out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value, str(cmd[3])[:200]))
+        source = None
+        if not _is_int(kind) or _FIELD_COUNTS.get(kind) != len(cmd):
+            out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value,
+                                     f"unknown command kind {kind!r} or wrong field count"[:200]))
+        elif not _valid_envelope(cmd[1], cmd[-2], cmd[-1]):
+            out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value,
+                                     "ts_ns and source_pos must be integers in 0..2**63-1 (source_pos may "
+                                     "be None) and source a string or None"))
         else:
-            out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value, f"unknown command kind {kind!r}"))
+            source = cmd[-2]
+            if kind == _PLACE:
+                self._place(seq, cmd, out)
+            elif kind == _CANCEL:
+                self._cancel(seq, cmd, out)
+            elif kind == _AMEND:
+                self._amend(seq, cmd, out)
+            elif kind == _ADD_SYMBOL:
+                self._add_symbol(seq, cmd, out)
+            elif kind == _BAD_INPUT:
+                out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value, str(cmd[3])[:200]))
         trades = self.match_sequence - first_match
         if trades:
             self.trades.extend(out if len(out) == trades else [e for e in out if e[0] == _TRADE])
@@ -119,7 +137,6 @@ class Matcher:
             self.last_seq = seq + 1
         else:
             self.last_seq = seq
-        source = cmd[-2]
         if source is not None:
             self.positions[source] = cmd[-1]
         return out
@@ -150,8 +167,8 @@ class Matcher:
             return self._reject(seq, order_id, R.INVALID_SIDE, "side must be 1 (buy) or 2 (sell)", out)
         if not _is_int(qty) or not 0 < qty <= MAX_QTY:
             return self._reject(seq, order_id, R.INVALID_QTY, f"qty must be an integer in 1..{MAX_QTY} lots", out)
-        if type(post_only) is not bool or not _is_int(account):
-            return self._reject(seq, order_id, R.MALFORMED, "post_only must be a bool and account an integer", out)
+        if type(post_only) is not bool or not _is_int(account) or not 0 <= account <= _INT64_MAX:
+            return self._reject(seq, order_id, R.MALFORMED, "post_only must be a bool and account an integer in 0..2**63-1", out)
         if not _is_int(tif) or tif not in (1, 2, 3):
             return self._reject(seq, order_id, R.INVALID_TIF, "tif must be 1 (GTC), 2 (IOC) or 3 (FOK)", out)
         if order_type == _LIMIT and _is_int(order_type):
@@ -275,6 +292,7 @@ class Matcher:
             for order_id, side, price, qty, account in orders:
                 book.rest(RestingOrder(order_id, side, price, qty, account))
         m.trades.extend(Trade(*t) for t in state["trades"])
+        m.check_invariants()
         return m
 
     def state_hash(self) -> str:

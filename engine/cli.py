@@ -1,0 +1,261 @@
+"""The ``evengine`` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="evengine: an event-sourced, durable order matching engine.")
+
+DataDir = typer.Option("data", "--data-dir", "-d", help="The engine's data directory (WAL, snapshots, control socket).")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def make_source(spec: str, symbol: Optional[str] = None) -> Any:
+    """Build a source from ``lobster:MESSAGES[:ORDERBOOK]``, ``bitstamp:ORDERS``
+    or ``synthetic:N[:SEED]`` (the seeded benchmark flow).
+
+    Raises:
+        ValueError: unknown kind or missing file.
+    """
+    kind, _, rest = spec.partition(":")
+    if not rest:
+        raise ValueError(f"source {spec!r}: expected lobster:MESSAGES[:ORDERBOOK] or bitstamp:ORDERS")
+    if kind == "lobster":
+        parts = rest.split(":")
+        if len(parts) > 2:
+            raise ValueError(f"source {spec!r}: expected lobster:MESSAGES[:ORDERBOOK]")
+        for p in parts:
+            if not os.path.isfile(p):
+                raise ValueError(f"no such file: {p}")
+        from engine.io.lobster import LobsterSource
+        return LobsterSource(parts[0], parts[1] if len(parts) == 2 else None, symbol=symbol)
+    if kind == "bitstamp":
+        if not os.path.isfile(rest):
+            raise ValueError(f"no such file: {rest}")
+        from engine.io.bitstamp import BitstampSource
+        return BitstampSource(rest, symbol=symbol or "BTCUSD")
+    if kind == "synthetic":
+        parts = rest.split(":")
+        try:
+            n = int(parts[0])
+            seed = int(parts[1]) if len(parts) > 1 else 1
+        except ValueError:
+            raise ValueError(f"source {spec!r}: expected synthetic:N[:SEED]") from None
+        from engine.io.synthetic import SyntheticSource
+        return SyntheticSource(n, seed, symbol=symbol or "SYN")
+    raise ValueError(f"unknown source kind {kind!r} (known: lobster, bitstamp, synthetic)")
+
+
+@app.command()
+def start(
+    source: str = typer.Option(..., "--source", "-s", help="lobster:MESSAGES[:ORDERBOOK], bitstamp:ORDERS (.csv or .csv.gz) or synthetic:N[:SEED]."),
+    data_dir: str = DataDir,
+    symbol: Optional[str] = typer.Option(None, help="Symbol for a LOBSTER file (default: the ticker in its name)."),
+    speed: float = typer.Option(0.0, help="Pace: X times the file's own clock (1 = real time); 0 = as fast as possible."),
+    snapshot_every: int = typer.Option(1_000_000, help="Snapshot every N WAL events (0: only on demand)."),
+    snapshot_retain: int = typer.Option(3, help="Snapshots kept."),
+    batch_max: int = typer.Option(256, help="Commands per group-commit batch."),
+    segment_size_mb: float = typer.Option(64.0, help="WAL segment size before it is sealed (MiB)."),
+    print_trades: bool = typer.Option(False, help="Print each trade as a JSON line once it is durable."),
+    progress: Optional[bool] = typer.Option(None, help="Progress bar (default: when stderr is a terminal)."),
+    json_summary: bool = typer.Option(False, "--json", help="Print the summary as one JSON line."),
+    verbose: bool = typer.Option(True, help="Log recovery, snapshots and fork pauses to stderr."),
+) -> None:
+    """Recover, then run the engine on a file source to its end (exit 0 with a summary).
+
+    SIGTERM or SIGINT stop it cleanly after the current batch.
+    """
+    _setup_logging(verbose)
+    from engine.core import Kind, to_json
+    from engine.service import Engine, EngineConfig, EngineLockedError
+    try:
+        src = make_source(source, symbol)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
+                       batch_max=batch_max, segment_size_bytes=int(segment_size_mb * (1 << 20)))
+    engine = Engine(cfg)
+    try:
+        engine.open()
+    except EngineLockedError as exc:
+        _fail(str(exc))
+    engine.install_signal_handlers()
+    if print_trades:
+        def sink(cmd_seq: int, cmd: Any, events: list) -> None:
+            for i, e in enumerate(x for x in events if x[0] == Kind.TRADE):
+                print(json.dumps(to_json(cmd_seq + 1 + i, e)))
+        engine.add_sink(sink)
+    show = sys.stderr.isatty() if progress is None else progress
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("seq {task.fields[seq]} trades {task.fields[trades]}"), TimeRemainingColumn(),
+                       transient=True)
+        task = bar.add_task(src.name, total=src.total, seq=0, trades=0)
+
+        def on_batch(e: Engine) -> None:
+            pos = e.matcher.positions.get(src.name)
+            bar.update(task, completed=(pos + 1) if isinstance(pos, int) else 0, seq=e.matcher.last_seq,
+                       trades=e.matcher.match_sequence)
+        with bar:
+            summary = engine.run(src, speed=speed, on_batch=on_batch)
+    else:
+        summary = engine.run(src, speed=speed)
+    d = summary.as_dict()
+    if json_summary:
+        print(json.dumps(d))
+    else:
+        pauses = summary.fork_pauses_ms
+        typer.echo(
+            f"stopped by: {summary.stopped_by}\n"
+            f"commands: {summary.commands:,}   WAL events: {summary.events:,}   trades: {summary.trades:,}\n"
+            f"durable throughput: {d['durable_commands_per_s']:,} commands/s over {summary.seconds:.2f} s   "
+            f"commit p50 {summary.commit_p50_ms} ms, p99 {summary.commit_p99_ms} ms, {summary.fsyncs:,} fsyncs\n"
+            f"snapshots: {summary.snapshots}   fork pauses (ms): "
+            f"{', '.join(f'{p:.2f}' for p in pauses) if pauses else 'none'}\n"
+            f"last seq: {summary.last_seq}   match_sequence: {summary.match_sequence}\n"
+            f"state hash: {summary.state_hash}")
+
+
+@app.command()
+def snapshot(
+    now: bool = typer.Option(False, "--now", help="Ask the running engine for a snapshot now and wait for it."),
+    data_dir: str = DataDir,
+    timeout: float = typer.Option(600.0, help="Seconds to wait for the snapshot."),
+) -> None:
+    """Ask the engine running on DATA_DIR for a snapshot; print one JSON line
+    with seq, path and fork_pause_ms. Exit 1 if no engine runs there."""
+    from engine.service import NoEngineError, request
+    if not now:
+        _fail("nothing to do: pass --now to ask the running engine for a snapshot", 2)
+    try:
+        answer = request(os.path.join(data_dir, "control.sock"), {"op": "snapshot"}, timeout)
+    except NoEngineError as exc:
+        _fail(f"{exc}. Start one with `evengine start --data-dir {data_dir} ...`")
+    except OSError as exc:
+        _fail(f"control socket error: {exc}")
+    print(json.dumps(answer))
+    if not answer.get("ok"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    from_seq: int = typer.Option(1, "--from-seq", help="First sequence number (inclusive)."),
+    to_seq: Optional[int] = typer.Option(None, "--to-seq", help="Last sequence number (inclusive; default: the end)."),
+    data_dir: str = DataDir,
+) -> None:
+    """Print the WAL's events, one JSON object per line with seq and type."""
+    from engine.core import to_json
+    from eventstore import EventStoreError
+    from recovery import open_data_dir
+    out = sys.stdout
+    try:
+        for seq, obj in open_data_dir(data_dir).events(from_seq, to_seq):
+            out.write(json.dumps(to_json(seq, obj)) + "\n")
+    except EventStoreError as exc:
+        out.flush()
+        _fail(str(exc))
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+@app.command()
+def inspect(
+    at_seq: int = typer.Option(..., "--at-seq", help="Show the book right after this event."),
+    symbol: str = typer.Option(..., "--symbol", help="The book's symbol."),
+    depth: int = typer.Option(10, "--depth", help="Price levels per side."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    data_dir: str = DataDir,
+) -> None:
+    """Time travel: the order book as it was right after event N (nearest
+    snapshot at or before N, then WAL replay)."""
+    from recovery import open_data_dir
+    try:
+        book = open_data_dir(data_dir).book_at(at_seq, symbol, depth)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if json_out:
+        print(json.dumps(book))
+        return
+    typer.echo(f"{symbol} after seq {at_seq}")
+    typer.echo(f"{'bid qty':>12} {'price':>12} {'ask qty':<12}")
+    for price, qty in reversed(book["asks"]):
+        typer.echo(f"{'':>12} {price:>12} {qty:<12}")
+    for price, qty in book["bids"]:
+        typer.echo(f"{qty:>12} {price:>12}")
+
+
+@app.command()
+def verify(
+    data_dir: str = DataDir,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Recover into memory: check the WAL's integrity, that replay reproduces
+    the logged trades, and every snapshot. Exit 1 on any problem."""
+    from eventstore import EventStoreError
+    from recovery import verify as run_verify
+    try:
+        report = run_verify(data_dir)
+    except EventStoreError as exc:
+        _fail(str(exc))
+    bad = report["mismatches"] or report["snapshot_mismatches"] or report["damaged_snapshots"]
+    if json_out:
+        print(json.dumps(report))
+    else:
+        for key in ("last_seq", "state_hash", "events", "trades_checked", "mismatches", "segments",
+                    "snapshots_checked", "snapshot_mismatches", "damaged_snapshots", "torn_tail"):
+            typer.echo(f"{key}: {report[key]}")
+        for line in report["mismatch_examples"]:
+            typer.echo(f"  {line}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("lobster-check")
+def lobster_check(
+    messages: Path = typer.Argument(..., exists=True, dir_okay=False, help="LOBSTER message file."),
+    orderbook: Path = typer.Argument(..., exists=True, dir_okay=False, help="LOBSTER orderbook file."),
+    mode: str = typer.Option("reconstruct", help="reconstruct: type-4 rows reduce the named order; "
+                                                 "match: type-4 rows are sent through the matcher as taker IOCs."),
+    symbol: Optional[str] = typer.Option(None, help="Symbol (default: the ticker in the file name)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Replay a LOBSTER day through the engine and compare its top levels with
+    the orderbook file after every message."""
+    from engine.io.lobster_check import lobster_check as run_check
+    if mode not in ("reconstruct", "match"):
+        _fail("--mode must be reconstruct or match", 2)
+    report = run_check(str(messages), str(orderbook), mode=mode, symbol=symbol)
+    if json_out:
+        print(json.dumps(report, default=str))
+    else:
+        for key, value in report.items():
+            typer.echo(f"{key}: {value}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""``lobster-check``: rebuild a LOBSTER day in the engine and compare it with
+the reference orderbook file, row by row.
+
+Runs :class:`~engine.io.lobster.LobsterSource` into an in-memory
+:class:`~engine.core.Matcher` (no WAL, no service) and, after every message
+row, compares the engine's top ``L`` levels per side, as ``(price, qty)``,
+with the orderbook file's row. In match mode it also checks each synthesised
+taker's fills against the orders LOBSTER says were executed.
+
+Source: ``../shared/data/README.md`` (the rebuild rule and its expected
+result: every row of GOOG_10 matches).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from engine.core import Matcher, OrderBook
+from engine.core.types import Kind
+
+from .lobster import (TAKER_ID_BASE, LobsterSource, Message, _open_text, parse_message,
+                      parse_orderbook_row, synthetic_kind)
+
+__all__ = ["lobster_check"]
+
+_PLACE = Kind.PLACE.value
+_TRADE = Kind.TRADE.value
+_REJECTED = Kind.REJECTED.value
+_BAD_INPUT = Kind.BAD_INPUT.value
+
+
+def _top(book: Optional[OrderBook], levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The engine's top ``levels`` ``(price, qty)`` per side: ``(bids, asks)``, best first."""
+    if book is None:
+        return [], []
+    bid_levels, ask_levels = book.bid_levels, book.ask_levels
+    bids = [(p, bid_levels[p].qty) for p in reversed(book.bid_prices[-levels:])]
+    asks = [(p, ask_levels[p].qty) for p in book.ask_prices[:levels]]
+    return bids, asks
+
+
+def _diff(engine: tuple, reference: tuple) -> str:
+    """Where two ``(bids, asks)`` ladders first differ, in one line."""
+    for name, mine, theirs in (("bid", engine[0], reference[0]), ("ask", engine[1], reference[1])):
+        for k in range(max(len(mine), len(theirs))):
+            a = mine[k] if k < len(mine) else None
+            b = theirs[k] if k < len(theirs) else None
+            if a != b:
+                return f"{name} level {k + 1}: engine {a} vs file {b}"
+    return "no difference"
+
+
+def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Path], *,
+                  mode: str = "reconstruct", symbol: Optional[str] = None) -> dict[str, Any]:
+    """Rebuild a LOBSTER day in a fresh in-memory matcher and compare it with
+    the orderbook file after every message row.
+
+    A row counts as compared once every command of it is applied: commands
+    come in row order, so the state seen before the first command of a later
+    row is the state after the row (rows inside a match-mode sweep are
+    compared before the sweep's taker, which carries the sweep's last row).
+
+    Args:
+        messages_path: the ``..._message_L.csv`` file.
+        orderbook_path: the matching ``..._orderbook_L.csv`` file (the
+            reference; also used by the source to seed and re-sync).
+        mode: ``"reconstruct"`` or ``"match"`` (see
+            :class:`~engine.io.lobster.LobsterSource`).
+        symbol: book name; default: the ticker in the file name.
+
+    Returns:
+        A dict:
+
+        - ``symbol``, ``mode``, ``levels`` (L);
+        - ``rows``: message rows; ``rows_compared``: rows with a well-formed
+          orderbook row; ``mismatched_rows``: compared rows whose top L
+          ``(price, qty)`` differ on either side; ``first_mismatch``:
+          ``{"row": k, "diff": "ask level 3: engine (p, q) vs file (p, q)"}``
+          or ``None``;
+        - ``best_bid_ask_agreeing_rows``: compared rows where the best bid and
+          best ask *prices* agree (an empty side agrees with a dummy level);
+        - ``commands``, ``bad_rows`` (``BadInput``), ``rejected`` (commands
+          the matcher refused, ``BadInput`` included), ``trades``;
+        - ``seeded_orders``, ``resynced_levels`` (re-sync orders placed),
+          ``repairs`` (match-mode repair commands);
+        - match mode only: ``takers`` (IOC orders sent), ``fills_compared``
+          (type-4 rows, in sweeps, on an order id that a type-1 row of the
+          file placed earlier), ``fills_agreeing`` (those where the taker's
+          trades against that maker id sum to the size LOBSTER executed on it
+          in the sweep).
+
+    Raises:
+        LobsterFileError: a file cannot be read.
+        ValueError: unknown ``mode``, or no symbol.
+
+    Complexity: O(rows * L) plus the matching itself; the GOOG day (147,916
+    rows, L = 10) takes a few seconds.
+    """
+    source = LobsterSource(messages_path, orderbook_path, symbol=symbol, mode=mode)
+    levels = source.levels or 0
+    total = source.total or 0
+    match_mode = mode == "match"
+    matcher = Matcher()
+
+    # Message rows as the reference for the fill comparison (match mode only).
+    placed_row: dict[int, int] = {}
+    executions: list[Optional[tuple[int, int, int]]] = []  # row -> (type, order id, size) or None
+    if match_mode:
+        with _open_text(Path(messages_path)) as f:
+            for row, line in enumerate(f):
+                msg = parse_message(line.rstrip("\n"))
+                if isinstance(msg, Message):
+                    executions.append((msg.type, msg.order_id, msg.size))
+                    if msg.type == 1:
+                        placed_row.setdefault(msg.order_id, row)
+                else:
+                    executions.append(None)
+
+    stats = {"rows_compared": 0, "mismatched_rows": 0, "best_bid_ask_agreeing_rows": 0}
+    first_mismatch: Optional[dict[str, Any]] = None
+    counts = {"commands": 0, "bad_rows": 0, "rejected": 0, "trades": 0, "seeded_orders": 0,
+              "resynced_levels": 0, "repairs": 0, "takers": 0, "fills_compared": 0, "fills_agreeing": 0}
+
+    ob_file = _open_text(Path(orderbook_path))
+    compared = -1
+    taker_pos: Optional[int] = None
+
+    def compare_through(last_row: int) -> None:
+        nonlocal compared, first_mismatch
+        book = matcher.books.get(source.symbol)
+        while compared < last_row:
+            compared += 1
+            line = ob_file.readline()
+            reference = parse_orderbook_row(line.strip(), levels) if line else None
+            if reference is None:
+                continue
+            stats["rows_compared"] += 1
+            engine = _top(book, levels)
+            if engine != reference:
+                stats["mismatched_rows"] += 1
+                if first_mismatch is None:
+                    first_mismatch = {"row": compared, "diff": _diff(engine, reference)}
+            eb, ea = engine
+            rb, ra = reference
+            if (eb[0][0] if eb else None) == (rb[0][0] if rb else None) and \
+                    (ea[0][0] if ea else None) == (ra[0][0] if ra else None):
+                stats["best_bid_ask_agreeing_rows"] += 1
+
+    try:
+        for cmd in source.commands(matcher, None):
+            pos = cmd.source_pos
+            if pos is not None and pos > compared + 1:
+                compare_through(pos - 1)
+            events = matcher.apply(matcher.last_seq + 1, cmd)
+            counts["commands"] += 1
+            kind = cmd[0]
+            if kind == _BAD_INPUT:
+                counts["bad_rows"] += 1
+            if events and events[-1][0] == _REJECTED:
+                counts["rejected"] += 1
+            trades = [e for e in events if e[0] == _TRADE]
+            counts["trades"] += len(trades)
+            what = synthetic_kind(cmd.order_id) if kind == _PLACE else None
+            if what == "seed":
+                counts["seeded_orders"] += 1
+            elif what == "resync":
+                counts["resynced_levels"] += 1
+            elif what == "taker":
+                counts["takers"] += 1
+                taker_pos = pos
+                _compare_fills(cmd.order_id - TAKER_ID_BASE, pos, trades, executions, placed_row, counts)
+            elif pos == taker_pos:
+                counts["repairs"] += 1
+        compare_through(total - 1)
+    finally:
+        source.close()
+        ob_file.close()
+
+    result: dict[str, Any] = {"symbol": source.symbol, "mode": mode, "levels": levels, "rows": total}
+    result.update(stats)
+    result["first_mismatch"] = first_mismatch
+    result.update(counts)
+    if not match_mode:
+        for key in ("takers", "fills_compared", "fills_agreeing", "repairs"):
+            del result[key]
+    return result
+
+
+def _compare_fills(first_row: int, last_row: int, trades: list, executions: list,
+                   placed_row: dict[int, int], counts: dict[str, int]) -> None:
+    """Count a sweep's type-4 rows on known ids and whether the taker's trades
+    against each such maker id sum to what LOBSTER executed on it."""
+    executed: dict[int, int] = {}
+    rows_per_id: dict[int, int] = {}
+    for row in range(first_row, last_row + 1):
+        ex = executions[row]
+        if ex is None or ex[0] != 4:
+            continue
+        order_id = ex[1]
+        if placed_row.get(order_id, last_row + 1) < first_row:
+            executed[order_id] = executed.get(order_id, 0) + ex[2]
+            rows_per_id[order_id] = rows_per_id.get(order_id, 0) + 1
+    filled: dict[int, int] = {}
+    for t in trades:
+        filled[t.maker_order_id] = filled.get(t.maker_order_id, 0) + t.qty
+    for order_id, qty in executed.items():
+        counts["fills_compared"] += rows_per_id[order_id]
+        if filled.get(order_id) == qty:
+            counts["fills_agreeing"] += rows_per_id[order_id]
