@@ -180,7 +180,9 @@ class WalWriter:
         self._seg_first = 0
         self._seg_size = 0
         for info in list_segments(wal_dir):
-            if not info.sealed and compress_sealed:
+            # Closed segments of earlier runs; a segment starting at next_seq is
+            # empty and becomes the active one again (never seal the active one).
+            if not info.sealed and compress_sealed and info.first_seq < next_seq:
                 self._seal_queue.put((info.first_seq, next_seq - 1))
         self._open_segment(next_seq)
         self._sealer = threading.Thread(target=self._seal_loop, name="wal-sealer", daemon=True)
@@ -422,12 +424,17 @@ def seal_segment(wal_dir: str, first_seq: int, level: int = 1) -> Optional[str]:
         AtomicWriteError: writing the sealed file failed (the raw file stays).
     """
     raw = os.path.join(wal_dir, segment_name(first_seq))
+    sealed = raw + ".zst"
+    if os.path.exists(sealed) and os.path.exists(raw):
+        # A crash between the rename of the sealed file and the unlink of the raw one.
+        os.unlink(raw)
+        fsync_dir(wal_dir)
+        return sealed
     try:
         with open(raw, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return None
-    sealed = raw + ".zst"
     atomic_write(sealed, zstandard.ZstdCompressor(level=level, write_checksum=True,
                                                   write_content_size=True).compress(data))
     os.unlink(raw)

@@ -133,8 +133,11 @@ class Engine:
         os.makedirs(cfg.data_dir, exist_ok=True)
         self._lock_fd = os.open(os.path.join(cfg.data_dir, "engine.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock: held by this process only (forked children,
+            # the WAL syncer and snapshot writers, do not inherit it) and
+            # released by the kernel when the process dies, even by SIGKILL.
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             os.close(self._lock_fd)
             self._lock_fd = -1
             raise EngineLockedError(f"another engine is running on {cfg.data_dir} (it holds engine.lock)") from None
