@@ -197,7 +197,7 @@ class OrderBook:
                     maker.qty = maker_qty - qty
                 level.qty -= fill
                 qty -= fill
-                out.append(Trade(_TRADE, match_id, ts_ns, symbol, limit if limit is not None else price, fill, taker_side,
+                out.append(Trade(_TRADE, match_id, ts_ns, symbol, price, fill, taker_side,
                                  maker.order_id, taker_id, maker.account, taker_account, cmd_seq))
                 if not level.count:
                     del levels[price]
