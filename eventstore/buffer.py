@@ -35,6 +35,10 @@ class EventBuffer:
         self._events.append(payload)
         self._next_seq += 1
 
+    def extend(self, payloads: list) -> None:
+        self._events.extend(payloads)
+        self._next_seq += len(payloads)
+
     def covers(self, from_seq: int) -> bool:
         """Whether every event from ``from_seq`` on is still in the buffer."""
         return from_seq >= self.first_seq

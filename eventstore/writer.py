@@ -216,6 +216,22 @@ class WalWriter:
             self.flush()
         return seq
 
+    def extend(self, payloads: list) -> int:
+        """:meth:`append` each of ``payloads`` (consecutive seqs); return the
+        seq of the last one. One call per command and its trades."""
+        if not self._count:
+            self._t_first = time.perf_counter_ns()
+        pack = self._packer.pack
+        for payload in payloads:
+            pack(payload)
+        n = len(payloads)
+        self._count += n
+        self.buffer.extend(payloads)
+        self._next_seq += n
+        if self._count >= self.max_frame_events:
+            self.flush()
+        return self._next_seq - 1
+
     def append_at(self, seq: int, payload: Any) -> None:
         """:meth:`append`, checking that ``seq`` is the next sequence number.
 

@@ -222,13 +222,16 @@ class Engine:
         Call :meth:`end_batch` after a batch of submits."""
         wal = self.wal
         seq = wal.next_seq
-        out = self.matcher.apply(seq, cmd)
-        wal.append(cmd)
-        for event in out:
-            if event[0] in LOGGED_KINDS:
-                wal.append(event)
+        matcher = self.matcher
+        out = matcher.apply(seq, cmd)
+        if matcher.last_seq == seq:
+            wal.append(cmd)
+        else:  # it caused trades or a reject: they take the next seqs, in order
+            logged = [event for event in out if event[0] in LOGGED_KINDS]
+            logged.insert(0, cmd)
+            wal.extend(logged)
         if self.gate.sinks:
-            self.gate.hold(wal.next_seq - 1, seq, cmd, out)
+            self.gate.hold(matcher.last_seq, seq, cmd, out)
         return out
 
     def end_batch(self) -> None:
