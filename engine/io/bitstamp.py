@@ -8,8 +8,8 @@ message; ``direction`` is ``bid`` or ``ask``.
 Units (measured on ``shared/data/bitstamp/orders.csv.gz``, 314,057 rows):
     price: every price is a whole number of USD (278,436 rows end in ``.0``
         with a non-zero last digit, the rest are multiples of 10..10^7; none
-        has a fractional part; trades.csv alike). Bitstamp quotes BTC/USD in
-        whole dollars, so the price unit is **1 USD** and ``tick_size`` 1.
+        has a fractional part; trades.csv alike): the price unit is **1 USD**
+        and ``tick_size`` 1.
     qty: volumes have at most 8 decimals (81,910 rows use all 8, e.g.
         ``0.00030644``; 381 are written in exponent form, e.g. ``2.6e-06``,
         because the capture printed floats): **1 lot = 1e-8 BTC** (a satoshi).
@@ -28,16 +28,15 @@ Units (measured on ``shared/data/bitstamp/orders.csv.gz``, 314,057 rows):
 
 Mapping (what the data shows, and the command each row becomes):
     created: a GTC limit :class:`PlaceOrder`, ``post_only`` if the very next
-        row deletes the same order with its whole volume. Bitstamp let such
-        an order trade nothing: 10,782 creates cross the book (a bid at the
-        best ask ...) and are deleted whole in the next row, same ms, while
-        the ask they cross trades later; they are maker-or-cancel orders. As
-        plain limits they give 12,114 engine trades for 284 real ones; as
-        post-only the engine rejects them (``POST_ONLY_WOULD_TAKE``) or rests
-        them until the next row cancels them: the same outcome as Bitstamp.
-        (102,585 creates are so marked; 100,518 of them would take.) The one
-        row of look-ahead is file content, so commands stay reproducible.
-        Exceptions:
+        row deletes the same order with its whole volume. 102,585 creates are
+        deleted so (same ms) and 100,518 of them cross the engine's book,
+        e.g. bids at the best ask 78,319 from row 6,512 on, while that ask
+        (2002347637526531) really trades only at row 6,843: Bitstamp let them
+        trade nothing, as maker-or-cancel orders. As plain limits they make
+        12,114 engine trades for 284 real ones; post-only, the engine rejects
+        them (``POST_ONLY_WOULD_TAKE``) or rests them until the next row
+        cancels them, as Bitstamp did. The one row of look-ahead is file
+        content, so the commands stay reproducible. Exceptions:
         - an ask at price 0 is a **market sell** (5 live rows; they fill at
           once and are deleted at volume 0): market IOC.
         - a created row with volume 0 is an **instant buy sized in USD** (2
@@ -47,17 +46,18 @@ Mapping (what the data shows, and the command each row becomes):
           maker's ``changed``/``deleted`` rows.
         - a bid at price 0 (22 old orders in the snapshot, never traded) can
           not rest in an engine whose prices start at 1 tick: ``BadInput``.
-    changed: a **fill**, never a re-price: all 266 changed rows lower the
-        volume (but two on the USD-sized buys), and their price is the fill
-        price (the maker's), which differs from the order's own limit for a
-        taker sweeping several levels (119 rows). So the row's price is not
-        used. If the order rests in the engine with more than the new volume
-        (Bitstamp filled it against something the engine did not match), an
+    changed: a **fill**, never a re-price: 264 of the 266 changed rows lower
+        the volume (the other two are on the USD-sized buys), and their price
+        is the fill price (the maker's), which differs from the order's own
+        limit for takers (119 rows). So the row's price is not used. If the
+        order rests in the engine with more than the new volume (Bitstamp
+        filled it against something the engine did not match: 3 rows), an
         :class:`AmendOrder` lowers it at its resting price (priority kept);
-        new volume 0 -> :class:`CancelOrder`. If the engine holds the same or
-        less (the engine matched it itself, or is ahead of the feed, which
-        reports a sweep fill by fill after the taker's ``created``), or the
-        order does not rest: nothing.
+        new volume 0 -> :class:`CancelOrder`. If the engine holds the same
+        (147 rows: it made the fill itself) or less (26 rows: the feed reports
+        a sweep fill by fill after the taker's ``created``, which the engine
+        matched at once; raising the order again would refill it), or the
+        order does not rest (90 rows): nothing.
     deleted: :class:`CancelOrder` if the order still rests in the engine,
         else nothing (the engine filled it, or never had it: 13 deletes name
         ids that were never created, and volume-0 deletes are fills).
@@ -94,7 +94,6 @@ docstring for the fields):
     - None from split fills, price differences, feed ordering (a sweep's
       fills are reported after the taker's ``created`` row, which the
       ``changed``/``deleted`` rules absorb) or orders never created.
-
 """
 
 from __future__ import annotations
@@ -103,6 +102,7 @@ import csv
 import gzip
 import io
 import re
+import weakref
 from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -111,8 +111,6 @@ from typing import Any, Iterator, Optional, Union
 from engine.core import (AddSymbol, AmendOrder, BadInput, CancelOrder, Command, Kind, Matcher,
                          PlaceOrder, RejectReason)
 from engine.core.types import MAX_ORDER_ID
-
-_INT64_MAX = 2**63 - 1
 
 __all__ = ["BitstampSource", "compare_trades", "parse_scaled", "PRICE_DECIMALS", "QTY_DECIMALS",
            "TICK_SIZE", "COLUMNS"]
@@ -125,13 +123,11 @@ TICK_SIZE = 1
 """Smallest price step in price units (1 USD), measured on the data."""
 COLUMNS = ("id", "timestamp", "exchange_timestamp", "price", "volume", "action", "direction")
 """Header of ``orders.csv``."""
-TRADE_COLUMNS = ("trade_id", "timestamp", "exchange_timestamp", "price", "amount",
-                 "buy_order_id", "sell_order_id", "side")
 
+_INT64_MAX = 2**63 - 1
 _NS_PER_MS = 1_000_000
 _BUY, _SELL = 1, 2
-_LIMIT, _MARKET = 1, 2
-_GTC, _IOC = 1, 2
+_MARKET, _IOC = 2, 2
 _SIDES = {"bid": _BUY, "ask": _SELL}
 _ACTIONS = ("created", "changed", "deleted")
 _TRADE = Kind.TRADE.value
@@ -238,7 +234,7 @@ class BitstampSource:
         self._index = [header.index(c) for c in COLUMNS]
         self._width = len(header)
         self.total = _count_rows(self.path)
-        self._files: list = []
+        self._iterators: weakref.WeakSet = weakref.WeakSet()
 
     def commands(self, matcher: Matcher, after: Optional[Any]) -> Iterator[Command]:
         """Yield the commands of the rows strictly after row ``after``.
@@ -258,11 +254,15 @@ class BitstampSource:
             or nothing (see the module docstring). Every command carries
             ``source=self.name`` and ``source_pos`` = its row.
         """
+        iterator = self._commands(matcher, after)
+        self._iterators.add(iterator)
+        return iterator
+
+    def _commands(self, matcher: Matcher, after: Optional[Any]) -> Iterator[Command]:
         if self.symbol not in matcher.books:
             yield AddSymbol.new(self.symbol, TICK_SIZE)
         start = -1 if after is None else after
         f = _open_text(self.path)
-        self._files.append(f)
         try:
             rows = self._rows(f)
             row_no, row = next(rows, (None, None))
@@ -278,7 +278,6 @@ class BitstampSource:
                 row_no, row = next_no, next_row
         finally:
             f.close()
-            self._files.remove(f)
 
     @staticmethod
     def _rows(f: io.TextIOBase) -> Iterator[tuple[int, Union[list, str]]]:
@@ -303,10 +302,9 @@ class BitstampSource:
             row_no += 1
 
     def close(self) -> None:
-        """Close files left open by unfinished :meth:`commands` iterators."""
-        for f in self._files:
-            f.close()
-        self._files.clear()
+        """Stop unfinished :meth:`commands` iterators and close their files."""
+        for iterator in list(self._iterators):
+            iterator.close()
 
     # ------------------------------------------------------------------ rows
     def _command(self, matcher: Matcher, row: list, row_no: int,
@@ -415,8 +413,10 @@ class _Lives:
                     head = stamp
                 if self.snapshot_end == row_no and stamp == head and action == "created":
                     self.snapshot_end = row_no + 1
-                if stamp != tail or action != "deleted":
-                    tail, self.closing_start = (stamp, row_no) if action == "deleted" else (None, row_no + 1)
+                if action != "deleted":
+                    tail, self.closing_start = None, row_no + 1
+                elif stamp != tail:
+                    tail, self.closing_start = stamp, row_no
                 if not _DIGITS.fullmatch(row[id_i]):
                     continue
                 order_id = int(row[id_i])
@@ -448,7 +448,7 @@ def _real_trades(trades_path: Path) -> tuple[list[dict], int]:
                     "qty": parse_scaled(rec["amount"], QTY_DECIMALS),
                     "buy_order_id": int(rec["buy_order_id"]),
                     "sell_order_id": int(rec["sell_order_id"]),
-                    "taker_side": _BUY if rec["side"] == "buy" else _SELL,
+                    "taker_side": {"buy": _BUY, "sell": _SELL}[rec["side"]],
                 })
             except (KeyError, TypeError, ValueError):
                 unreadable += 1
@@ -493,7 +493,8 @@ def compare_trades(orders_path: Union[str, Path], trades_path: Union[str, Path],
         closing synthetic deletes.
 
     Raises:
-        OSError: a file cannot be read. ValueError: a wrong orders header.
+        OSError: a file cannot be read.
+        ValueError: the orders file has a wrong header.
     """
     source = BitstampSource(orders_path, symbol=symbol)
     matcher = Matcher() if matcher is None else matcher
@@ -581,11 +582,11 @@ def compare_trades(orders_path: Union[str, Path], trades_path: Union[str, Path],
         else:
             reason = "maker never created in the capture"
         engine_only[reason] += 1
+        maker_first = lives.first.get(trade.maker_order_id, (None, None))
         _example(examples, reason, {"row": row, "taker_order_id": trade.taker_order_id,
                                     "maker_order_id": trade.maker_order_id,
                                     "taker_side": trade.taker_side, "price": trade.price,
-                                    "qty": trade.qty,
-                                    "maker_created_row": lives.first.get(trade.maker_order_id, (None,))[0]})
+                                    "qty": trade.qty, "maker_first_row": maker_first[0]})
     book = matcher.books.get(symbol)
     return {
         "engine_trades": len(engine),
