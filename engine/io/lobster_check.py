@@ -27,20 +27,21 @@ __all__ = ["lobster_check"]
 _PLACE = Kind.PLACE.value
 _TRADE = Kind.TRADE.value
 _REJECTED = Kind.REJECTED.value
-_BAD_INPUT = Kind.BAD_INPUT.value
+
+Ladders = tuple[list[tuple[int, int]], list[tuple[int, int]]]
 
 
-def _top(book: Optional[OrderBook], levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def _top(book: Optional[OrderBook], levels: int) -> Ladders:
     """The engine's top ``levels`` ``(price, qty)`` per side: ``(bids, asks)``, best first."""
     if book is None:
         return [], []
     bid_levels, ask_levels = book.bid_levels, book.ask_levels
-    bids = [(p, bid_levels[p].qty) for p in reversed(book.bid_prices[-levels:])]
+    bids = [(p, bid_levels[p].qty) for p in reversed(book.bid_prices[-levels:])] if levels else []
     asks = [(p, ask_levels[p].qty) for p in book.ask_prices[:levels]]
     return bids, asks
 
 
-def _diff(engine: tuple, reference: tuple) -> str:
+def _diff(engine: Ladders, reference: Ladders) -> str:
     """Where two ``(bids, asks)`` ladders first differ, in one line."""
     for name, mine, theirs in (("bid", engine[0], reference[0]), ("ask", engine[1], reference[1])):
         for k in range(max(len(mine), len(theirs))):
@@ -51,20 +52,28 @@ def _diff(engine: tuple, reference: tuple) -> str:
     return "no difference"
 
 
+def _best(ladders: Ladders) -> tuple[Optional[int], Optional[int]]:
+    bids, asks = ladders
+    return (bids[0][0] if bids else None), (asks[0][0] if asks else None)
+
+
 def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Path], *,
                   mode: str = "reconstruct", symbol: Optional[str] = None) -> dict[str, Any]:
     """Rebuild a LOBSTER day in a fresh in-memory matcher and compare it with
     the orderbook file after every message row.
 
-    A row counts as compared once every command of it is applied: commands
-    come in row order, so the state seen before the first command of a later
-    row is the state after the row (rows inside a match-mode sweep are
-    compared before the sweep's taker, which carries the sweep's last row).
+    Commands are applied with consecutive sequence numbers
+    (``matcher.last_seq + 1``). Commands come in row order, so the state
+    seen before the first command of a later row is the state after every
+    earlier row. In match mode a sweep's rows are executed by one taker that
+    carries the sweep's last row: the engine has no state between them, so
+    the rows before the last of a sweep are counted in ``rows_in_sweeps``
+    and not compared.
 
     Args:
         messages_path: the ``..._message_L.csv`` file.
         orderbook_path: the matching ``..._orderbook_L.csv`` file (the
-            reference; also used by the source to seed and re-sync).
+            reference; the source also seeds and re-syncs from it).
         mode: ``"reconstruct"`` or ``"match"`` (see
             :class:`~engine.io.lobster.LobsterSource`).
         symbol: book name; default: the ticker in the file name.
@@ -72,30 +81,32 @@ def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Pa
     Returns:
         A dict:
 
-        - ``symbol``, ``mode``, ``levels`` (L);
-        - ``rows``: message rows; ``rows_compared``: rows with a well-formed
-          orderbook row; ``mismatched_rows``: compared rows whose top L
+        - ``symbol``, ``mode``, ``levels`` (L), ``rows`` (message rows);
+        - ``rows_compared``: rows compared (a well-formed orderbook row, not
+          inside a sweep); ``mismatched_rows``: compared rows whose top L
           ``(price, qty)`` differ on either side; ``first_mismatch``:
           ``{"row": k, "diff": "ask level 3: engine (p, q) vs file (p, q)"}``
-          or ``None``;
-        - ``best_bid_ask_agreeing_rows``: compared rows where the best bid and
-          best ask *prices* agree (an empty side agrees with a dummy level);
+          or ``None``; ``best_bid_ask_agreeing_rows``: compared rows whose
+          best bid and best ask *prices* agree (an empty side agrees with a
+          dummy level);
         - ``commands``, ``bad_rows`` (``BadInput``), ``rejected`` (commands
           the matcher refused, ``BadInput`` included), ``trades``;
-        - ``seeded_orders``, ``resynced_levels`` (re-sync orders placed),
-          ``repairs`` (match-mode repair commands);
-        - match mode only: ``takers`` (IOC orders sent), ``fills_compared``
-          (type-4 rows, in sweeps, on an order id that a type-1 row of the
-          file placed earlier), ``fills_agreeing`` (those where the taker's
-          trades against that maker id sum to the size LOBSTER executed on it
-          in the sweep).
+        - ``seeded_orders``; ``resynced_levels``: levels re-sync changed
+          (``resync_orders`` synthetic orders placed plus
+          ``resync_reductions`` levels reduced);
+        - match mode only: ``rows_in_sweeps``; ``takers`` (IOC orders);
+          ``repairs`` (repair commands after takers); ``fills_compared``:
+          type-4 rows, in sweeps, on an order id that a type-1 row of the
+          file placed before the sweep; ``fills_agreeing``: those where the
+          taker's trades with that maker id sum to the size LOBSTER executed
+          on it in the sweep.
 
     Raises:
         LobsterFileError: a file cannot be read.
         ValueError: unknown ``mode``, or no symbol.
 
-    Complexity: O(rows * L) plus the matching itself; the GOOG day (147,916
-    rows, L = 10) takes a few seconds.
+    Complexity: O(rows * L) plus the matching; the GOOG day (147,916 rows,
+    L = 10) takes a few seconds.
     """
     source = LobsterSource(messages_path, orderbook_path, symbol=symbol, mode=mode)
     levels = source.levels or 0
@@ -103,13 +114,13 @@ def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Pa
     match_mode = mode == "match"
     matcher = Matcher()
 
-    # Message rows as the reference for the fill comparison (match mode only).
+    # The message rows again, as the reference for the fill comparison.
     placed_row: dict[int, int] = {}
-    executions: list[Optional[tuple[int, int, int]]] = []  # row -> (type, order id, size) or None
+    executions: list[Optional[tuple[int, int, int]]] = []  # row -> (type, order id, size)
     if match_mode:
         with _open_text(Path(messages_path)) as f:
             for row, line in enumerate(f):
-                msg = parse_message(line.rstrip("\n"))
+                msg = parse_message(line)
                 if isinstance(msg, Message):
                     executions.append((msg.type, msg.order_id, msg.size))
                     if msg.type == 1:
@@ -117,80 +128,84 @@ def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Pa
                 else:
                     executions.append(None)
 
-    stats = {"rows_compared": 0, "mismatched_rows": 0, "best_bid_ask_agreeing_rows": 0}
+    counts = dict.fromkeys(("rows_compared", "mismatched_rows", "best_bid_ask_agreeing_rows", "rows_in_sweeps",
+                            "commands", "rejected", "trades", "takers", "fills_compared",
+                            "fills_agreeing"), 0)
     first_mismatch: Optional[dict[str, Any]] = None
-    counts = {"commands": 0, "bad_rows": 0, "rejected": 0, "trades": 0, "seeded_orders": 0,
-              "resynced_levels": 0, "repairs": 0, "takers": 0, "fills_compared": 0, "fills_agreeing": 0}
-
-    ob_file = _open_text(Path(orderbook_path))
     compared = -1
-    taker_pos: Optional[int] = None
+    ob_file = _open_text(Path(orderbook_path))
 
-    def compare_through(last_row: int) -> None:
+    def compare_through(last_row: int, in_sweep: bool = False) -> None:
         nonlocal compared, first_mismatch
         book = matcher.books.get(source.symbol)
+        engine = _top(book, levels)
         while compared < last_row:
             compared += 1
             line = ob_file.readline()
-            reference = parse_orderbook_row(line.strip(), levels) if line else None
+            if in_sweep:
+                counts["rows_in_sweeps"] += 1
+                continue
+            reference = parse_orderbook_row(line, levels) if line else None
             if reference is None:
                 continue
-            stats["rows_compared"] += 1
-            engine = _top(book, levels)
+            counts["rows_compared"] += 1
             if engine != reference:
-                stats["mismatched_rows"] += 1
+                counts["mismatched_rows"] += 1
                 if first_mismatch is None:
                     first_mismatch = {"row": compared, "diff": _diff(engine, reference)}
-            eb, ea = engine
-            rb, ra = reference
-            if (eb[0][0] if eb else None) == (rb[0][0] if rb else None) and \
-                    (ea[0][0] if ea else None) == (ra[0][0] if ra else None):
-                stats["best_bid_ask_agreeing_rows"] += 1
+            if _best(engine) == _best(reference):
+                counts["best_bid_ask_agreeing_rows"] += 1
 
     try:
         for cmd in source.commands(matcher, None):
             pos = cmd.source_pos
+            taker = cmd[0] == _PLACE and synthetic_kind(cmd.order_id) == "taker"
             if pos is not None and pos > compared + 1:
-                compare_through(pos - 1)
+                if taker:
+                    first_row = cmd.order_id - TAKER_ID_BASE
+                    compare_through(first_row - 1)
+                    compare_through(pos - 1, in_sweep=True)
+                else:
+                    compare_through(pos - 1)
             events = matcher.apply(matcher.last_seq + 1, cmd)
             counts["commands"] += 1
-            kind = cmd[0]
-            if kind == _BAD_INPUT:
-                counts["bad_rows"] += 1
             if events and events[-1][0] == _REJECTED:
                 counts["rejected"] += 1
             trades = [e for e in events if e[0] == _TRADE]
             counts["trades"] += len(trades)
-            what = synthetic_kind(cmd.order_id) if kind == _PLACE else None
-            if what == "seed":
-                counts["seeded_orders"] += 1
-            elif what == "resync":
-                counts["resynced_levels"] += 1
-            elif what == "taker":
+            if taker:
                 counts["takers"] += 1
-                taker_pos = pos
                 _compare_fills(cmd.order_id - TAKER_ID_BASE, pos, trades, executions, placed_row, counts)
-            elif pos == taker_pos:
-                counts["repairs"] += 1
         compare_through(total - 1)
     finally:
         source.close()
         ob_file.close()
 
+    stats = source.stats
     result: dict[str, Any] = {"symbol": source.symbol, "mode": mode, "levels": levels, "rows": total}
-    result.update(stats)
+    for key in ("rows_compared", "mismatched_rows", "best_bid_ask_agreeing_rows"):
+        result[key] = counts[key]
     result["first_mismatch"] = first_mismatch
-    result.update(counts)
-    if not match_mode:
-        for key in ("takers", "fills_compared", "fills_agreeing", "repairs"):
-            del result[key]
+    for key in ("commands", "rejected", "trades"):
+        result[key] = counts[key]
+    result["bad_rows"] = stats["bad_rows"]
+    result["seeded_orders"] = stats["seeded_orders"]
+    result["resynced_levels"] = stats["resync_orders"] + stats["resync_reductions"]
+    result["resync_orders"] = stats["resync_orders"]
+    result["resync_reductions"] = stats["resync_reductions"]
+    if match_mode:
+        result["rows_in_sweeps"] = counts["rows_in_sweeps"]
+        result["takers"] = counts["takers"]
+        result["repairs"] = stats["repairs"]
+        result["fills_compared"] = counts["fills_compared"]
+        result["fills_agreeing"] = counts["fills_agreeing"]
     return result
 
 
 def _compare_fills(first_row: int, last_row: int, trades: list, executions: list,
                    placed_row: dict[int, int], counts: dict[str, int]) -> None:
-    """Count a sweep's type-4 rows on known ids and whether the taker's trades
-    against each such maker id sum to what LOBSTER executed on it."""
+    """Count a sweep's type-4 rows on ids placed before it, and those whose
+    taker trades with that maker id sum to what LOBSTER executed on it."""
     executed: dict[int, int] = {}
     rows_per_id: dict[int, int] = {}
     for row in range(first_row, last_row + 1):
