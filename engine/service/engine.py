@@ -279,17 +279,28 @@ class Engine:
         return s
 
     def _run_fast(self, it: Iterator[Command], on_batch: Optional[Callable]) -> int:
+        """Batches of about ``batch_max`` commands. A batch (one WAL frame, the
+        unit a crash keeps or loses whole) ends only where the source position
+        changes, so the commands of one input row are never split: a restart
+        resumes after whole rows only."""
         batch_max = self.config.batch_max
         submit = self.submit
         commands = 0
+        carry: Optional[Command] = None
         exhausted = False
         while self._stop_reason is None:
             n = 0
+            last_pos = None
+            if carry is not None:
+                submit(carry)
+                n, last_pos, carry = 1, carry[-1], None
             for cmd in it:
+                if n >= batch_max and (cmd[-1] is None or cmd[-1] != last_pos):
+                    carry = cmd
+                    break
                 submit(cmd)
                 n += 1
-                if n >= batch_max:
-                    break
+                last_pos = cmd[-1]
             else:
                 exhausted = True
             commands += n
@@ -305,6 +316,7 @@ class Engine:
         wall0 = time.monotonic()
         ts0: Optional[int] = None
         n = 0
+        last_pos = None
         for cmd in it:
             ts = cmd[1]
             if ts0 is None:
@@ -322,14 +334,15 @@ class Engine:
                         on_batch(self)
                 time.sleep(min(wait, 0.02))
                 self._housekeeping()
-            if self._stop_reason is not None:
-                break
-            self.submit(cmd)
-            n += 1
-            if n >= self.config.batch_max:
+            if self._stop_reason is not None and (cmd[-1] is None or cmd[-1] != last_pos):
+                break  # only between input rows, never inside one
+            if n >= self.config.batch_max and (cmd[-1] is None or cmd[-1] != last_pos):
                 commands += n
                 n = 0
                 self.end_batch()
+            self.submit(cmd)
+            n += 1
+            last_pos = cmd[-1]
         commands += n
         self.end_batch()
         return commands

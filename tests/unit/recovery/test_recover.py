@@ -129,3 +129,42 @@ def test_property_snapshot_plus_delta_equals_full_replay(tmp_path_factory, n, ev
     rec = recover(str(d))
     assert rec.matcher.state_hash() == summary.state_hash == full_replay_hash(n, seed).state_hash()
     assert verify(str(d))["snapshot_mismatches"] == []
+
+
+class MultiCommandRows:
+    """A source whose every row gives three commands (like a LOBSTER sweep)."""
+
+    name = "multi"
+    total = None
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def commands(self, matcher, after):
+        if "M" not in matcher.books:
+            yield AddSymbol.new("M")
+        start = -1 if after is None else after
+        for row in range(start + 1, self.rows):
+            for k in range(3):
+                yield PlaceOrder.new("M", row * 3 + k + 1, 1 + (row + k) % 2, 100 + k, 1, source=self.name, source_pos=row)
+
+    def close(self):
+        pass
+
+
+def test_batches_never_split_the_commands_of_one_row(tmp_path):
+    from eventstore import WalReader
+    from eventstore.segment import list_segments, scan_frames, load_segment_bytes
+    engine = Engine(EngineConfig(data_dir=str(tmp_path), control_socket=False, batch_max=10))
+    engine.open()
+    engine.run(MultiCommandRows(100))
+    from eventstore.reader import decode_frame
+    frames = 0
+    for info in list_segments(str(tmp_path / "wal")):
+        data = load_segment_bytes(info)
+        for frame in scan_frames(data, info.path, is_last=True):
+            rows = [p[-1] for p in decode_frame(frame, info.path) if p[0] == 2]
+            # every row in a frame (the unit a crash keeps or loses) is whole
+            assert all(rows.count(r) == 3 for r in set(rows)), rows
+            frames += 1
+    assert frames > 20
