@@ -71,7 +71,8 @@ def start(
     speed: float = typer.Option(0.0, help="Pace: X times the file's own clock (1 = real time); 0 = as fast as possible."),
     snapshot_every: int = typer.Option(1_000_000, help="Snapshot every N WAL events (0: only on demand)."),
     snapshot_retain: int = typer.Option(3, help="Snapshots kept."),
-    batch_max: int = typer.Option(256, help="Commands per group-commit batch."),
+    batch_max: int = typer.Option(256, help="Most commands per group-commit batch."),
+    batch_linger_ms: float = typer.Option(0.5, help="A batch also ends once open this long (ms)."),
     segment_size_mb: float = typer.Option(64.0, help="WAL segment size before it is sealed (MiB)."),
     print_trades: bool = typer.Option(False, help="Print each trade as a JSON line once it is durable."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: when stderr is a terminal)."),
@@ -90,7 +91,7 @@ def start(
     except ValueError as exc:
         _fail(str(exc), 2)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
-                       batch_max=batch_max, segment_size_bytes=int(segment_size_mb * (1 << 20)))
+                       batch_max=batch_max, batch_linger_ms=batch_linger_ms, segment_size_bytes=int(segment_size_mb * (1 << 20)))
     engine = Engine(cfg)
     try:
         engine.open()

@@ -48,9 +48,13 @@ class EngineConfig:
         snapshot_every: take a snapshot every this many WAL events (0: never
             on a schedule; ``evengine snapshot --now`` still works).
         snapshot_retain: snapshots kept.
-        batch_max: commands per group-commit batch (one WAL frame). 256 keeps
-            a batch under ~0.5 ms of matching on this machine kind, so p99
-            commit latency stays near 1-2 ms (see ``scripts/bench.py``).
+        batch_max: at most this many commands per group-commit batch (one
+            WAL frame).
+        batch_linger_ms: a batch also ends once it has been open this long
+            (checked every 16 commands), so a slow source (parsing, pacing)
+            does not stretch commit latency. Commit latency is about the batch
+            time, plus one fdatasync, plus the next batch end that observes it
+            (see ``scripts/bench.py``).
         segment_size_bytes: WAL segment size before rotation and sealing.
         trade_history: recent trades kept in memory and in snapshots.
         buffer_capacity: recent events kept in the in-memory event buffer.
@@ -61,6 +65,7 @@ class EngineConfig:
     snapshot_every: int = 0
     snapshot_retain: int = 3
     batch_max: int = 256
+    batch_linger_ms: float = 0.5
     segment_size_bytes: int = 64 << 20
     trade_history: int = 10_000
     buffer_capacity: int = 100_000
@@ -284,6 +289,8 @@ class Engine:
         changes, so the commands of one input row are never split: a restart
         resumes after whole rows only."""
         batch_max = self.config.batch_max
+        linger_ns = int(self.config.batch_linger_ms * 1e6)
+        clock = time.perf_counter_ns
         submit = self.submit
         commands = 0
         carry: Optional[Command] = None
@@ -291,11 +298,13 @@ class Engine:
         while self._stop_reason is None:
             n = 0
             last_pos = None
+            deadline = clock() + linger_ns
             if carry is not None:
                 submit(carry)
                 n, last_pos, carry = 1, carry[-1], None
             for cmd in it:
-                if n >= batch_max and (cmd[-1] is None or cmd[-1] != last_pos):
+                if ((n >= batch_max or not n & 15 and n and clock() > deadline)
+                        and (cmd[-1] is None or cmd[-1] != last_pos)):
                     carry = cmd
                     break
                 submit(cmd)
