@@ -1,0 +1,130 @@
+"""The `evengine` commands as a user runs them: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.crash import ROOT, eventually, run_to_end
+
+EV = [sys.executable, "-m", "engine.cli"]
+
+
+def ev(*args, check=True, **kw):
+    proc = subprocess.run([*EV, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_start_summary_then_restart_processes_nothing_more(tmp_path):
+    first = run_to_end(tmp_path, "synthetic:20000:4")
+    assert first["commands"] == 20001 and first["trades"] > 0 and first["durable_seq"] == first["last_seq"]
+    again = run_to_end(tmp_path, "synthetic:20000:4")
+    assert again["commands"] == 0 and again["state_hash"] == first["state_hash"]
+
+
+def test_human_summary_names_the_figures(tmp_path):
+    out = ev("start", "--source", "synthetic:3000", "--data-dir", str(tmp_path), "--no-progress").stdout
+    for word in ("commands:", "trades:", "durable throughput:", "snapshots:", "fork pauses", "state hash:"):
+        assert word in out
+
+
+def test_replay_prints_json_lines_with_seq_and_type(tmp_path):
+    run_to_end(tmp_path, "synthetic:2000:4")
+    lines = ev("replay", "--data-dir", str(tmp_path), "--from-seq", "5", "--to-seq", "60").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["seq"] for e in events] == list(range(5, 61))
+    assert {e["type"] for e in events} >= {"place", "trade"}
+
+
+def test_inspect_time_travel_and_verify(tmp_path):
+    summary = run_to_end(tmp_path, "synthetic:5000:4", "--snapshot-every", "1500")
+    book = json.loads(ev("inspect", "--data-dir", str(tmp_path), "--at-seq", "3000", "--symbol", "SYN",
+                         "--depth", "3", "--json").stdout)
+    assert book["seq"] == 3000 and book["symbol"] == "SYN" and len(book["bids"]) == 3
+    assert all(b[0] > a[0] for b, a in zip(book["bids"], book["bids"][1:]))
+    report = json.loads(ev("verify", "--data-dir", str(tmp_path), "--json").stdout)
+    assert report["mismatches"] == 0 and report["state_hash"] == summary["state_hash"]
+    assert report["trades_checked"] > 0
+    missing = ev("inspect", "--data-dir", str(tmp_path), "--at-seq", "10", "--symbol", "NOPE", check=False)
+    assert missing.returncode == 1 and "NOPE" in missing.stderr
+
+
+def test_snapshot_now_without_engine_fails_clearly(tmp_path):
+    proc = ev("snapshot", "--now", "--data-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "no engine is running" in proc.stderr
+
+
+def test_snapshot_now_against_running_engine_and_sigterm_stops_cleanly(tmp_path):
+    # --speed paces the flow (1000x its 1 us clock: ~1 s), so the engine is still running.
+    eng = subprocess.Popen([*EV, "start", "--source", "synthetic:1000000:2", "--data-dir", str(tmp_path), "--speed",
+                            "0.001", "--json", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        sock = tmp_path / "control.sock"
+        eventually(sock.exists, timeout=60, what="the control socket")
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        answer = json.loads(ev("snapshot", "--now", "--data-dir", str(tmp_path)).stdout)
+        assert answer["ok"] and answer["seq"] >= 1 and answer["fork_pause_ms"] > 0
+        assert os.path.exists(answer["path"])
+        eng.send_signal(signal.SIGTERM)
+        out, err = eng.communicate(timeout=60)
+    finally:
+        if eng.poll() is None:
+            eng.kill()
+    assert eng.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped_by"] == "SIGTERM" and summary["snapshots"] >= 1
+    assert summary["durable_seq"] == summary["last_seq"]
+    assert not sock.exists()
+    # what it logged is whole: a restart recovers and verify agrees
+    report = json.loads(ev("verify", "--data-dir", str(tmp_path), "--json").stdout)
+    assert report["mismatches"] == 0 and report["last_seq"] == summary["last_seq"]
+
+
+def test_second_engine_on_same_data_dir_is_refused(tmp_path):
+    eng = subprocess.Popen([*EV, "start", "--source", "synthetic:1000000:2", "--data-dir", str(tmp_path), "--speed",
+                            "0.001", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        eventually((tmp_path / "control.sock").exists, timeout=60, what="the first engine")
+        second = ev("start", "--source", "synthetic:10", "--data-dir", str(tmp_path), check=False)
+        assert second.returncode == 1 and "another engine is running" in second.stderr
+    finally:
+        eng.send_signal(signal.SIGTERM)
+        eng.communicate(timeout=60)
+
+
+def test_bad_source_spec_is_a_clear_error(tmp_path):
+    for spec in ("nope:x", "lobster:/does/not/exist.csv", "synthetic:abc"):
+        proc = ev("start", "--source", spec, "--data-dir", str(tmp_path), check=False)
+        assert proc.returncode == 2 and "error:" in proc.stderr
+
+
+def test_malformed_lobster_rows_are_logged_rejected_and_the_engine_goes_on(tmp_path):
+    msgs = tmp_path / "TEST_2012-06-21_34200000_57600000_message_1.csv"
+    msgs.write_text(
+        "34200.1,1,11,100,5000000,1\n"
+        "garbage line\n"
+        "34200.2,1,12,abc,5000100,-1\n"
+        "34200.3,9,13,100,5000100,-1\n"
+        "34200.4,1,14,99999999999999999999999,5000100,-1\n"
+        "34200.5,1,15,100,5000100,-1\n"
+        "34200.6,3,11,100,5000000,1\n")
+    summary = run_to_end(tmp_path / "d", f"lobster:{msgs}")
+    assert summary["commands"] >= 6
+    events = [json.loads(line) for line in ev("replay", "--data-dir", str(tmp_path / "d")).stdout.splitlines()]
+    bad = [e for e in events if e["type"] == "bad_input"]
+    rejected = [e for e in events if e["type"] == "rejected"]
+    assert len(bad) >= 3 and len(rejected) >= 3
+    assert all(e["error"] for e in bad)
+    assert [e["type"] for e in events if e["type"] in ("place", "cancel")].count("place") == 2
+    book = json.loads(ev("inspect", "--data-dir", str(tmp_path / "d"), "--at-seq", str(summary["last_seq"]),
+                         "--symbol", "TEST", "--json").stdout)
+    assert book["bids"] == [] and book["asks"] == [[5000100, 100]]
