@@ -33,7 +33,7 @@ SETTINGS = settings(max_examples=100, stateful_step_count=50, deadline=None, pri
 
 BUY, SELL = 1, 2
 SYMBOLS = {"A": 1, "B": 2}           # symbol -> tick size; "C" is unknown until added
-ORDER_IDS = st.integers(1, 8)       # a small pool: duplicates, cancels and amends hit
+ORDER_IDS = st.integers(1, 8)        # a small pool: duplicates, cancels and amends hit
 
 garbage = st.one_of(
     st.text(max_size=3), st.floats(allow_nan=True), st.booleans(), st.none(),
@@ -50,8 +50,8 @@ def symbols(draw):
 
 @st.composite
 def prices(draw, symbol):
-    """Prices in a band of 6 ticks around 100; off tick now and then in "B"."""
-    price = draw(st.integers(97, 103)) * SYMBOLS.get(symbol, 1)
+    """Prices in a band of 5 ticks around 100; off tick now and then in "B"."""
+    price = draw(st.integers(98, 102)) * SYMBOLS.get(symbol, 1)
     if draw(st.integers(0, 9)) == 0:
         price += draw(st.sampled_from([1, -1, -price]))      # off tick, or 0
     return price

@@ -449,17 +449,26 @@ def test_sequence_gap_raises():
 
 def test_last_seq_counts_trades_and_rejects():
     m = Matcher()
-    assert m.apply(1, AddSymbol.new("X")) and m.last_seq == 1
-    m.apply(2, sell(1, 1600, 2)); assert m.last_seq == 2            # rested: one number
-    m.apply(3, sell(2, 1600, 2)); assert m.last_seq == 3
-    m.apply(4, buy(3, 1600, 3)); assert m.last_seq == 6             # place + 2 trades
-    m.apply(7, buy(4, 1600, 0)); assert m.last_seq == 8             # place + reject
-    m.apply(9, CancelOrder.new("X", 2)); assert m.last_seq == 9     # cancel: one number
-    m.apply(10, sell(5, 1600, 9, tif=FOK)); assert m.last_seq == 10  # FOK unfilled: not a reject
-    m.apply(11, BadInput.new("x", "bad")); assert m.last_seq == 12
+    script = [                                     # (command, sequence numbers it takes)
+        (AddSymbol.new("X"), 1),
+        (sell(1, 1600, 2), 1),                     # rests
+        (sell(2, 1600, 2), 1),
+        (buy(3, 1600, 3), 3),                      # the place and two trades
+        (buy(4, 1600, 0), 2),                      # the place and its reject
+        (CancelOrder.new("X", 2), 1),
+        (sell(5, 1600, 9, tif=FOK), 1),            # FOK unfilled: a cancel, not a reject
+        (BadInput.new("x", "bad"), 2),
+        (AmendOrder.new("X", 3, 1600, 1), 2),      # id 3 filled whole: unknown, a reject
+    ]
+    for cmd, taken in script:
+        seq = m.last_seq + 1
+        events = m.apply(seq, cmd)
+        m.check_invariants()
+        assert m.last_seq == seq + taken - 1, cmd
+        assert all(e.cmd_seq == seq for e in events if e.kind in (Kind.TRADE, Kind.REJECTED))
+    assert m.last_seq == 14
     with pytest.raises(SequenceGapError):
-        m.apply(12, CancelOrder.new("X", 1))
-    m.check_invariants()
+        m.apply(14, CancelOrder.new("X", 1))
 
 
 def test_trades_carry_the_commands_seq_and_are_kept_in_history():
