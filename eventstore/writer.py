@@ -124,6 +124,12 @@ class WalWriter:
         zstd_level: compression level for sealed segments (1: 470 MB/s, 2.3x here).
         buffer_capacity: events kept in the in-memory :class:`EventBuffer`.
         max_frame_events: a frame is flushed when it holds this many events.
+        syncer_cpu: CPU the syncer process is pinned to. ``None``: the
+            highest-numbered CPU this process may use, when it may use two or
+            more (on this 2-core machine kind, letting the scheduler put the
+            syncer and its I/O completions beside the matching thread cost
+            about 20% of durable throughput: ``scripts/bench.py``); ``-1``: no
+            pinning.
 
     Raises:
         OSError: the directory or the first segment cannot be created.
@@ -133,7 +139,8 @@ class WalWriter:
 
     def __init__(self, wal_dir: str, next_seq: int = 1, *, segment_size_bytes: int = 64 << 20,
                  compress_sealed: bool = True, zstd_level: int = 1,
-                 buffer_capacity: int = 100_000, max_frame_events: int = 65_536) -> None:
+                 buffer_capacity: int = 100_000, max_frame_events: int = 65_536,
+                 syncer_cpu: Optional[int] = None) -> None:
         os.makedirs(wal_dir, exist_ok=True)
         self.wal_dir = wal_dir
         self.segment_size_bytes = segment_size_bytes
@@ -161,6 +168,10 @@ class WalWriter:
             try:
                 os.close(req_w)
                 os.close(ack_r)
+                allowed = sorted(os.sched_getaffinity(0))
+                cpu = syncer_cpu if syncer_cpu is not None else (allowed[-1] if len(allowed) > 1 else -1)
+                if cpu >= 0:
+                    os.sched_setaffinity(0, {cpu})
                 os.set_blocking(ack_w, False)
                 _syncer_main(wal_dir, req_r, ack_w, self._shm)
             except OSError as exc:

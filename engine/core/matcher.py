@@ -41,6 +41,7 @@ _NO_LIQUIDITY = CancelReason.NO_LIQUIDITY.value
 _FOK_UNFILLED = CancelReason.FOK_UNFILLED.value
 _USER = CancelReason.USER.value
 R = RejectReason
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ frame
 _INT64_MAX = 2**63 - 1
 _FIELD_COUNTS = {kind: len(cls._fields) for kind, cls in COMMAND_CLASSES.items()}
 
@@ -110,16 +111,23 @@ class Matcher:
         first_match = self.match_sequence
         kind = cmd[0]
         source = None
-        if not _is_int(kind) or _FIELD_COUNTS.get(kind) != len(cmd):
+        if type(kind) is not int or _FIELD_COUNTS.get(kind) != len(cmd):
             out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value,
                                      f"unknown command kind {kind!r} or wrong field count"[:200]))
-        elif not _valid_envelope(cmd[1], cmd[-2], cmd[-1]):
-            out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value,
-                                     "ts_ns and source_pos must be integers in 0..2**63-1 (source_pos may "
-                                     "be None) and source a string or None"))
         else:
+            # The envelope every command has: it reaches trades, positions and
+            # snapshots, so it must be msgpack-encodable and hashable.
+            ts_ns = cmd[1]
             source = cmd[-2]
-            if kind == _PLACE:
+            pos = cmd[-1]
+            if not (type(ts_ns) is int and 0 <= ts_ns <= _INT64_MAX
+                    and (source is None or type(source) is str)
+                    and (pos is None or type(pos) is int and 0 <= pos <= _INT64_MAX)):
+                source = None
+                out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value,
+                                         "ts_ns and source_pos must be integers in 0..2**63-1 (source_pos may "
+                                         "be None) and source a string or None"))
+            elif kind == _PLACE:
                 self._place(seq, cmd, out)
             elif kind == _CANCEL:
                 self._cancel(seq, cmd, out)
@@ -127,7 +135,7 @@ class Matcher:
                 self._amend(seq, cmd, out)
             elif kind == _ADD_SYMBOL:
                 self._add_symbol(seq, cmd, out)
-            elif kind == _BAD_INPUT:
+            else:  # _BAD_INPUT: the field counts admit no other kind
                 out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value, str(cmd[3])[:200]))
         trades = self.match_sequence - first_match
         if trades:
@@ -156,6 +164,43 @@ class Matcher:
         return book
 
     def _place(self, seq: int, cmd: Any, out: list) -> None:
+        (_, ts_ns, symbol, order_id, side, order_type, tif, price, qty, post_only, account,
+         _src, _pos) = cmd
+        book = self.books.get(symbol) if type(symbol) is str else None
+        # Fast path: a well-formed limit order that is not post-only. Anything
+        # else (or anything wrong) takes _place_checked, which checks field by
+        # field in a fixed order to give the first reason.
+        if (book is not None and type(order_id) is int and 0 < order_id <= MAX_ORDER_ID
+                and type(side) is int and (side == 1 or side == 2)
+                and type(qty) is int and 0 < qty <= MAX_QTY
+                and post_only is False and type(account) is int and 0 <= account <= _INT64_MAX
+                and type(tif) is int and 0 < tif < 4 and order_type == 1 and type(order_type) is int
+                and type(price) is int and 0 < price <= MAX_PRICE and not price % book.tick_size
+                and order_id not in book.orders):
+            if tif == _FOK and not book.fillable(side, price, qty):
+                out.append(OrderCancelled(_CANCELLED, order_id, qty, _FOK_UNFILLED))
+                return
+            if side == 1:
+                top = book.top_ask
+                crosses = top is not None and top <= price
+            else:
+                top = book.top_bid
+                crosses = top is not None and top >= price
+            if crosses:
+                leaves, self.match_sequence = book.match(side, price, qty, order_id, account, ts_ns,
+                                                         seq, self.match_sequence, out)
+            else:
+                leaves = qty
+            if leaves:
+                if tif == _GTC:
+                    book.rest(RestingOrder(order_id, side, price, leaves, account))
+                    out.append(_new(OrderRested, (_RESTED, order_id, side, price, leaves)))
+                else:
+                    out.append(_new(OrderCancelled, (_CANCELLED, order_id, leaves, _IOC_REMAINDER)))
+            return
+        self._place_checked(seq, cmd, out)
+
+    def _place_checked(self, seq: int, cmd: Any, out: list) -> None:
         (_, ts_ns, symbol, order_id, side, order_type, tif, price, qty, post_only, account,
          _src, _pos) = cmd
         book = self._book(seq, symbol, order_id, out)

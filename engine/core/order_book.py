@@ -21,6 +21,9 @@ from .types import BUY, Kind
 __all__ = ["OrderBook"]
 
 _TRADE = Kind.TRADE.value
+# NamedTuple instances built without their Python-level __new__ (a frame per
+# trade saved); the field order is the class's.
+_new = tuple.__new__
 
 
 class OrderBook:
@@ -35,7 +38,7 @@ class OrderBook:
     """
 
     __slots__ = ("symbol", "tick_size", "bid_prices", "ask_prices", "bid_levels",
-                 "ask_levels", "orders")
+                 "ask_levels", "orders", "top_bid", "top_ask")
 
     def __init__(self, symbol: str, tick_size: int = 1) -> None:
         self.symbol = symbol
@@ -45,15 +48,19 @@ class OrderBook:
         self.bid_levels: dict[int, PriceLevel] = {}
         self.ask_levels: dict[int, PriceLevel] = {}
         self.orders: dict[int, RestingOrder] = {}
+        # Best prices, cached: read on every order, changed only when a level
+        # at the top appears or empties.
+        self.top_bid: Optional[int] = None
+        self.top_ask: Optional[int] = None
 
     # ---------------------------------------------------------------- queries
     def best_bid(self) -> Optional[int]:
         """Highest bid price, or ``None`` if there are no bids. Complexity: O(1)."""
-        return self.bid_prices[-1] if self.bid_prices else None
+        return self.top_bid
 
     def best_ask(self) -> Optional[int]:
         """Lowest ask price, or ``None`` if there are no asks. Complexity: O(1)."""
-        return self.ask_prices[0] if self.ask_prices else None
+        return self.top_ask
 
     def levels(self, side: int) -> Iterator[PriceLevel]:
         """Price levels of ``side`` (1 bids, 2 asks), best first."""
@@ -101,8 +108,8 @@ class OrderBook:
     def crosses(self, taker_side: int, price: int) -> bool:
         """Whether a limit order at ``price`` would trade on arrival."""
         if taker_side == BUY:
-            return bool(self.ask_prices) and self.ask_prices[0] <= price
-        return bool(self.bid_prices) and self.bid_prices[-1] >= price
+            return self.top_ask is not None and self.top_ask <= price
+        return self.top_bid is not None and self.top_bid >= price
 
     # -------------------------------------------------------------- mutations
     def rest(self, order: RestingOrder) -> None:
@@ -117,6 +124,11 @@ class OrderBook:
         if level is None:
             level = levels[price] = PriceLevel(price)
             prices.add(price)
+            if order.side == BUY:
+                if self.top_bid is None or price > self.top_bid:
+                    self.top_bid = price
+            elif self.top_ask is None or price < self.top_ask:
+                self.top_ask = price
         level.queue.append(order)
         level.qty += order.qty
         level.count += 1
@@ -138,6 +150,11 @@ class OrderBook:
         if not level.count:
             del levels[price]
             prices.remove(price)
+            if order.side == BUY:
+                if price == self.top_bid:
+                    self.top_bid = prices[-1] if prices else None
+            elif price == self.top_ask:
+                self.top_ask = prices[0] if prices else None
         elif len(level.queue) > 2 * level.count + 32:
             level.queue = deque(o for o in level.queue if o.qty)
 
@@ -170,11 +187,11 @@ class OrderBook:
         symbol = self.symbol
         orders = self.orders
         if taker_side == BUY:
-            prices, levels, head = self.ask_prices, self.ask_levels, 0
+            prices, levels, head, best = self.ask_prices, self.ask_levels, 0, self.top_ask
         else:
-            prices, levels, head = self.bid_prices, self.bid_levels, -1
-        while qty and prices:
-            price = prices[head]
+            prices, levels, head, best = self.bid_prices, self.bid_levels, -1, self.top_bid
+        while qty and best is not None:
+            price = best
             if limit is not None and (price > limit if head == 0 else price < limit):
                 break
             level = levels[price]
@@ -197,12 +214,17 @@ class OrderBook:
                     maker.qty = maker_qty - qty
                 level.qty -= fill
                 qty -= fill
-                out.append(Trade(_TRADE, match_id, ts_ns, symbol, price, fill, taker_side,
-                                 maker.order_id, taker_id, maker.account, taker_account, cmd_seq))
+                out.append(_new(Trade, (_TRADE, match_id, ts_ns, symbol, price, fill, taker_side,
+                                        maker.order_id, taker_id, maker.account, taker_account, cmd_seq)))
                 if not level.count:
                     del levels[price]
                     prices.pop(head)
+                    best = prices[head] if prices else None
                     break
+        if head == 0:
+            self.top_ask = best
+        else:
+            self.top_bid = best
         return qty, match_id
 
     # ------------------------------------------------------------- integrity
@@ -233,6 +255,9 @@ class OrderBook:
                     seen.add(o.order_id)
         if len(seen) != len(self.orders):
             raise BookIntegrityError(self.symbol, "order index holds orders that are not on the book")
+        if self.top_bid != (self.bid_prices[-1] if self.bid_prices else None) or \
+                self.top_ask != (self.ask_prices[0] if self.ask_prices else None):
+            raise BookIntegrityError(self.symbol, f"cached best prices {self.top_bid}/{self.top_ask} are stale")
         bid, ask = self.best_bid(), self.best_ask()
         if bid is not None and ask is not None and bid >= ask:
             raise BookIntegrityError(self.symbol, f"crossed book: bid {bid} >= ask {ask}")
