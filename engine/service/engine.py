@@ -22,7 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
-from engine.core import LOGGED_KINDS, Command, Matcher
+import msgpack
+
+from engine.core import LOGGED_KINDS, BadInput, Command, Kind, Matcher
 from eventstore import WalWriter
 from recovery import Recovery, recover, snapshot_dir, wal_dir
 from snapshot import SnapshotJob, SnapshotWriter
@@ -31,6 +33,16 @@ from .control import ControlRequest, ControlServer
 from .output_gate import OutputGate, Sink
 
 __all__ = ["EngineConfig", "Engine", "RunSummary", "EngineLockedError"]
+
+_REJECTED = Kind.REJECTED.value
+
+
+def _encodable(obj: Any) -> bool:
+    try:
+        msgpack.packb(obj)
+    except (OverflowError, TypeError, ValueError):
+        return False
+    return True
 
 log = logging.getLogger("evengine.engine")
 
@@ -233,11 +245,27 @@ class Engine:
             wal.append(cmd)
         else:  # it caused trades or a reject: they take the next seqs, in order
             logged = [event for event in out if event[0] in LOGGED_KINDS]
+            if logged[0][0] == _REJECTED and not _encodable(cmd):
+                cmd, out, logged = self._as_bad_input(seq, cmd)
             logged.insert(0, cmd)
             wal.extend(logged)
         if self.gate.sinks:
             self.gate.hold(matcher.last_seq, seq, cmd, out)
         return out
+
+    def _as_bad_input(self, seq: int, cmd: Any) -> tuple:
+        """A rejected command msgpack cannot encode (an integer beyond 64 bits,
+        an object): it changed nothing but ``last_seq``, so apply a
+        :class:`BadInput` holding its text in its place, which is what the WAL
+        logs and replay reproduces."""
+        source, pos = cmd[-2], cmd[-1]
+        if not (type(source) is str and type(pos) is int and 0 <= pos < 2**63):
+            source = pos = None
+        bad = BadInput.new(repr(cmd)[:1000], "command cannot be encoded (a field is out of range or not a "
+                           "plain value)", source=source, source_pos=pos)
+        self.matcher.last_seq = seq - 1
+        out = self.matcher.apply(seq, bad)
+        return bad, out, [event for event in out if event[0] in LOGGED_KINDS]
 
     def end_batch(self) -> None:
         """End a group-commit batch: flush the frame, release what is durable,

@@ -168,3 +168,31 @@ def test_batches_never_split_the_commands_of_one_row(tmp_path):
             assert all(rows.count(r) == 3 for r in set(rows)), rows
             frames += 1
     assert frames > 20
+
+
+def test_unencodable_command_is_logged_as_bad_input_and_nothing_is_lost(tmp_path):
+    """A command with a 2**70 price (msgpack cannot encode it) is rejected and
+    logged as bad input; the commands around it in the same batch survive."""
+
+    class Source:
+        name = "odd"
+        total = None
+
+        def commands(self, matcher, after):
+            if "X" not in matcher.books:
+                yield AddSymbol.new("X")
+            yield PlaceOrder.new("X", 1, 2, 100, 5, source="odd", source_pos=0)
+            yield PlaceOrder.new("X", 2, 2, 2**70, 5, source="odd", source_pos=1)
+            yield PlaceOrder.new("X", 10**30, 1, 100, 5, source="odd", source_pos=2)
+            yield PlaceOrder.new("X", 3, 1, 100, 2, source="odd", source_pos=3)
+
+        def close(self):
+            pass
+
+    engine = Engine(EngineConfig(data_dir=str(tmp_path), control_socket=False))
+    engine.open()
+    summary = engine.run(Source())
+    kinds = [obj[0] for _, obj in open_data_dir(str(tmp_path)).events()]
+    assert kinds == [1, 2, 5, 65, 5, 65, 2, 64]
+    assert recover(str(tmp_path)).matcher.state_hash() == summary.state_hash
+    assert engine.matcher.positions["odd"] == 3
