@@ -151,7 +151,7 @@ class Matcher:
 
     # ----------------------------------------------------------------- place
     def _reject(self, seq: int, order_id: Any, reason: RejectReason, detail: str, out: list) -> None:
-        out.append(OrderRejected(_REJECTED, seq, order_id if _is_int(order_id) and -_INT64_MAX <= order_id <= _INT64_MAX else None,
+        out.append(OrderRejected(_REJECTED, seq, order_id if _is_int(order_id) and -2**63 <= order_id < 2**64 else None,
                                  int(reason), detail))
 
     def _book(self, seq: int, symbol: Any, order_id: Any, out: list) -> Optional[OrderBook]:

@@ -155,7 +155,8 @@ class RefEngine:
 
     # --------------------------------------------------------------- helpers
     def _reject(self, seq: int, order_id: Any, reason: RejectReason, out: list) -> None:
-        out.append(("rejected", seq, order_id if _int(order_id) else None, reason))
+        # The reject carries the order id only if the WAL can encode it (msgpack: -2**63 .. 2**64-1).
+        out.append(("rejected", seq, order_id if _int(order_id) and -2**63 <= order_id < 2**64 else None, reason))
 
     def _symbol(self, seq: int, symbol: Any, order_id: Any, out: list) -> Optional[RefSymbol]:
         if type(symbol) is not str:
