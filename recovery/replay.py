@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from engine.core import LOGGED_KINDS, Matcher, SequenceGapError, decode_payload
+from engine.core import LOGGED_KINDS, Matcher, decode_payload
 
 from .errors import ReplayMismatchError
 
@@ -53,29 +53,34 @@ class Replayer:
             ValueError: the payload is not a known command or event.
         """
         self.events += 1
-        obj = decode_payload(payload)
-        if obj[0] in LOGGED_KINDS:
+        # Payloads are compared and applied as the plain tuples msgpack gives:
+        # the matcher validates a command's kind and shape itself, and a
+        # NamedTuple equals the tuple of its fields.
+        if type(payload) is not tuple or not payload:
+            raise ValueError(f"WAL event {seq} is not a non-empty array: {payload!r:.80}")
+        if payload[0] in LOGGED_KINDS:
             if not self.pending:
-                self._mismatch(seq, None, obj)
+                self._mismatch(seq, None, payload)
                 return None
             expected = self.pending.popleft()
             self.checked += 1
-            if tuple(expected) != tuple(obj):
-                self._mismatch(seq, expected, obj)
+            if expected != payload:
+                self._mismatch(seq, expected, payload)
             return None
         if self.pending:
-            self._mismatch(seq, self.pending[0], obj)
+            self._mismatch(seq, self.pending[0], payload)
             self.pending.clear()
         if seq != self.matcher.last_seq + 1:
             if self.strict:
-                raise ReplayMismatchError(seq, f"command at seq {self.matcher.last_seq + 1}", obj)
-            self.mismatches.append(Mismatch(seq, f"seq {self.matcher.last_seq + 1}", obj))
+                raise ReplayMismatchError(seq, f"command at seq {self.matcher.last_seq + 1}", payload)
+            self.mismatches.append(Mismatch(seq, f"seq {self.matcher.last_seq + 1}", payload))
             self.matcher.last_seq = seq - 1
-        out = self.matcher.apply(seq, obj)
+        out = self.matcher.apply(seq, payload)
         self.commands += 1
-        for event in out:
-            if event[0] in LOGGED_KINDS:
-                self.pending.append(event)
+        if self.matcher.last_seq != seq:
+            for event in out:
+                if event[0] in LOGGED_KINDS:
+                    self.pending.append(event)
         return out
 
     def feed_all(self, items: Iterable[tuple[int, Any]]) -> "Replayer":
@@ -84,6 +89,10 @@ class Replayer:
         return self
 
     def _mismatch(self, seq: int, expected: Any, actual: Any) -> None:
+        try:
+            actual = decode_payload(actual)
+        except ValueError:
+            pass
         if self.strict:
             raise ReplayMismatchError(seq, expected, actual)
         self.mismatches.append(Mismatch(seq, expected, actual))

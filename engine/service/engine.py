@@ -267,6 +267,18 @@ class Engine:
         out = self.matcher.apply(seq, bad)
         return bad, out, [event for event in out if event[0] in LOGGED_KINDS]
 
+    def read_events(self, from_seq: int, to_seq: Optional[int] = None) -> list:
+        """Durable events ``from_seq..to_seq`` (inclusive; ``None``: up to
+        ``durable_seq``) as ``[(seq, payload), ...]``: from the in-memory event
+        buffer when it still holds ``from_seq``, else from the WAL on disk.
+        Never returns an event that is not yet durable (output commit)."""
+        durable = self.wal.durable_seq
+        last = durable if to_seq is None else min(to_seq, durable)
+        if self.wal.buffer.covers(from_seq):
+            return self.wal.buffer.read(from_seq, last, durable_seq=durable)
+        from eventstore import WalReader
+        return list(WalReader(wal_dir(self.config.data_dir)).read(from_seq, last))
+
     def end_batch(self) -> None:
         """End a group-commit batch: flush the frame, release what is durable,
         reap or start snapshots, answer control requests."""

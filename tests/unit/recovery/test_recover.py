@@ -196,3 +196,21 @@ def test_unencodable_command_is_logged_as_bad_input_and_nothing_is_lost(tmp_path
     assert kinds == [1, 2, 5, 65, 5, 65, 2, 64]
     assert recover(str(tmp_path)).matcher.state_hash() == summary.state_hash
     assert engine.matcher.positions["odd"] == 3
+
+
+def test_engine_reads_only_durable_events_from_buffer_or_disk(tmp_path):
+    engine = Engine(EngineConfig(data_dir=str(tmp_path), control_socket=False, buffer_capacity=50))
+    engine.open()
+    try:
+        for cmd in SyntheticSource(300, 3).commands(engine.matcher, None):
+            engine.submit(cmd)
+        assert engine.read_events(1) == [] or engine.read_events(1)[-1][0] <= engine.wal.durable_seq
+        engine.wal.wait_durable(engine.wal.next_seq - 1, timeout=10)
+        last = engine.wal.durable_seq
+        recent = engine.read_events(last - 10)          # from the buffer
+        old = engine.read_events(1, 20)                  # left the buffer: from disk
+        assert [s for s, _ in recent] == list(range(last - 10, last + 1))
+        assert [s for s, _ in old] == list(range(1, 21))
+        assert tuple(old[0][1]) == tuple(AddSymbol.new("SYN"))
+    finally:
+        engine.close()
