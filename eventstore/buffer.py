@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["EventBuffer"]
 
@@ -17,19 +17,26 @@ class EventBuffer:
     fsync). Complexity: append O(1); read O(k) for k events plus the skip.
     """
 
-    def __init__(self, capacity: int, next_seq: int = 1) -> None:
+    def __init__(self, capacity: int, next_seq: int = 1,
+                 next_seq_of: Optional[Callable[[], int]] = None) -> None:
         self.capacity = capacity
         self._events: deque = deque(maxlen=capacity)
         self._next_seq = next_seq
+        # The WAL writer appends to ``_events`` itself (one C call per event)
+        # and tells the buffer its next seq through this function.
+        self._next_seq_of = next_seq_of
+
+    def _next(self) -> int:
+        return self._next_seq_of() if self._next_seq_of is not None else self._next_seq
 
     @property
     def first_seq(self) -> int:
         """Oldest sequence number held (``== next_seq`` when empty)."""
-        return self._next_seq - len(self._events)
+        return self._next() - len(self._events)
 
     @property
     def last_seq(self) -> int:
-        return self._next_seq - 1
+        return self._next() - 1
 
     def append(self, payload: Any) -> None:
         self._events.append(payload)

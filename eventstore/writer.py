@@ -147,11 +147,14 @@ class WalWriter:
         self.compress_sealed = compress_sealed
         self.zstd_level = zstd_level
         self.max_frame_events = max_frame_events
-        self.buffer = EventBuffer(buffer_capacity, next_seq)
         self.stats = CommitStats()
         self._next_seq = next_seq
+        self.buffer = EventBuffer(buffer_capacity, next_seq_of=lambda: self._next_seq)
+        self._recent_append = self.buffer._events.append
+        self._recent_extend = self.buffer._events.extend
         self._written_seq = next_seq - 1
         self._packer = msgpack.Packer(autoreset=False)
+        self._pack = self._packer.pack
         self._count = 0
         self._t_first = 0
         self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, t_first ns, events)
@@ -218,9 +221,9 @@ class WalWriter:
         """
         if not self._count:
             self._t_first = time.perf_counter_ns()
-        self._packer.pack(payload)
+        self._pack(payload)
+        self._recent_append(payload)
         self._count += 1
-        self.buffer.append(payload)
         seq = self._next_seq
         self._next_seq = seq + 1
         if self._count >= self.max_frame_events:
@@ -232,12 +235,12 @@ class WalWriter:
         seq of the last one. One call per command and its trades."""
         if not self._count:
             self._t_first = time.perf_counter_ns()
-        pack = self._packer.pack
+        pack = self._pack
         for payload in payloads:
             pack(payload)
         n = len(payloads)
         self._count += n
-        self.buffer.extend(payloads)
+        self._recent_extend(payloads)
         self._next_seq += n
         if self._count >= self.max_frame_events:
             self.flush()
