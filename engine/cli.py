@@ -72,7 +72,7 @@ def start(
     snapshot_every: int = typer.Option(1_000_000, help="Snapshot every N WAL events (0: only on demand)."),
     snapshot_retain: int = typer.Option(3, help="Snapshots kept."),
     batch_max: int = typer.Option(256, help="Most commands per group-commit batch."),
-    batch_linger_ms: float = typer.Option(0.5, help="A batch also ends once open this long (ms)."),
+    batch_linger_ms: float = typer.Option(0.25, help="A batch also ends once open this long (ms)."),
     segment_size_mb: float = typer.Option(64.0, help="WAL segment size before it is sealed (MiB)."),
     print_trades: bool = typer.Option(False, help="Print each trade as a JSON line once it is durable."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: when stderr is a terminal)."),

@@ -175,6 +175,14 @@ class WalWriter:
                 cpu = syncer_cpu if syncer_cpu is not None else (allowed[-1] if len(allowed) > 1 else -1)
                 if cpu >= 0:
                     os.sched_setaffinity(0, {cpu})
+                try:
+                    # Wake ahead of the matching thread when both want a CPU:
+                    # it cut p99 commit latency from 4-13 ms to ~3 ms here.
+                    # Needs CAP_SYS_NICE (root); without it the syncer runs at
+                    # normal priority.
+                    os.nice(-10)
+                except OSError:
+                    pass
                 os.set_blocking(ack_w, False)
                 _syncer_main(wal_dir, req_r, ack_w, self._shm)
             except OSError as exc:
