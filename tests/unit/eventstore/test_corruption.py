@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.support.files import flip_byte
+
 from eventstore import CorruptRecordError, WalReader, WalWriter, list_segments
 from eventstore.segment import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, scan_frames
 
@@ -63,11 +65,7 @@ def test_flipped_byte_before_tail_names_segment_and_offset(tmp_path, where):
     offsets, _ = frame_offsets(seg)
     target = offsets[2]
     pos = target + (5 if where == "header" else FRAME_HEADER_SIZE + 7)
-    with open(seg, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x40]))
+    flip_byte(seg, pos, 0x40)
     with pytest.raises(CorruptRecordError) as info:
         WalReader(str(tmp_path)).scan()
     assert info.value.segment == seg and info.value.file_offset == target
@@ -77,11 +75,7 @@ def test_flipped_byte_before_tail_names_segment_and_offset(tmp_path, where):
 def test_flipped_byte_in_earlier_raw_segment_is_corruption_not_tail(tmp_path):
     segs = make_wal(tmp_path, n=2000, segment_size_bytes=2048)
     first = segs[0].path
-    with open(first, "r+b") as f:
-        f.seek(-3, os.SEEK_END)
-        b = f.read(1)
-        f.seek(-3, os.SEEK_END)
-        f.write(bytes([b[0] ^ 1]))
+    flip_byte(first, -3, 1)
     with pytest.raises(CorruptRecordError) as info:
         WalReader(str(tmp_path)).scan()
     assert info.value.segment == first
@@ -92,11 +86,7 @@ def test_flipped_byte_in_sealed_segment_is_corruption(tmp_path):
     sealed = [s for s in segs if s.sealed]
     assert sealed
     path = sealed[0].path
-    with open(path, "r+b") as f:
-        f.seek(20)
-        b = f.read(1)
-        f.seek(20)
-        f.write(bytes([b[0] ^ 0x10]))
+    flip_byte(path, 20, 0x10)
     with pytest.raises(CorruptRecordError) as info:
         WalReader(str(tmp_path)).scan()
     assert info.value.segment == path

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+
+from tests.support.files import flip_byte
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine.core import AddSymbol, CancelOrder, Matcher, PlaceOrder
@@ -50,11 +52,7 @@ def test_damaged_newest_snapshot_is_skipped(tmp_path):
     summary = run_engine(tmp_path, 20_000, snapshot_every=5_000)
     snaps = list_snapshots(str(tmp_path / "snapshots"))
     newest = snaps[-1].path
-    with open(newest, "r+b") as f:
-        f.seek(100)
-        b = f.read(1)
-        f.seek(100)
-        f.write(bytes([b[0] ^ 0xFF]))
+    flip_byte(newest, 100, 0xFF)
     rec = recover(str(tmp_path))
     assert rec.snapshot.seq == snaps[-2].seq
     assert rec.skipped_snapshots and rec.skipped_snapshots[0][0] == newest
@@ -64,11 +62,7 @@ def test_damaged_newest_snapshot_is_skipped(tmp_path):
 def test_corruption_in_wal_stops_recovery_with_offset(tmp_path):
     run_engine(tmp_path, 5_000, batch_max=64)
     seg = list_segments(str(tmp_path / "wal"))[-1].path
-    with open(seg, "r+b") as f:
-        f.seek(200)
-        b = f.read(1)
-        f.seek(200)
-        f.write(bytes([b[0] ^ 0x01]))
+    flip_byte(seg, 200, 0x01)
     with pytest.raises(CorruptRecordError) as info:
         recover(str(tmp_path))
     assert info.value.segment == seg
