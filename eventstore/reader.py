@@ -93,8 +93,10 @@ class WalReader:
                     first = frame.first_seq
                 last = frame.first_seq + frame.count - 1
                 end = frame.end_offset
-            header_seq = int.from_bytes(data[16:24], "little")
-            expect = last + 1 if last else header_seq
+            if last:
+                expect = last + 1
+            elif len(data) >= SEGMENT_HEADER_SIZE:
+                expect = int.from_bytes(data[16:24], "little")
             if is_last:
                 tail_end = end
         return WalScan(first, last, segs, tail[0] if tail else None, frames, tail_end)

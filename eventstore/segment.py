@@ -153,7 +153,7 @@ def scan_frames(data: bytes, segment: str, *, is_last: bool, expect_seq: Optiona
     """Yield the valid frames of one segment's bytes, in order.
 
     The torn-tail rule (FORMAT.md): only in the last segment, and only at its
-    end, a frame whose header is cut short or all zero, whose payload is cut
+    end, a segment header cut short or all zero, a frame whose header is cut short or all zero, whose payload is cut
     short, or which is the file's final frame and fails its payload CRC, is a
     torn tail: scanning stops there and a :class:`TornTail` is appended to
     ``tail``. Anything else that fails is corruption.
@@ -169,6 +169,12 @@ def scan_frames(data: bytes, segment: str, *, is_last: bool, expect_seq: Optiona
         CorruptRecordError: a bad frame that is not a torn tail (names the offset).
         WalSequenceError: frames are not gap-free.
     """
+    if is_last and (len(data) < SEGMENT_HEADER_SIZE or not any(data[:SEGMENT_HEADER_SIZE])):
+        # A crash right after the segment was created, before its header was
+        # written: nothing in it was ever durable.
+        if tail is not None:
+            tail.append(TornTail(segment, 0, len(data), "segment header incomplete"))
+        return
     first_seq = decode_segment_header(data, segment)
     if expect_seq is not None and first_seq != expect_seq:
         raise WalSequenceError(segment, 0, expect_seq, first_seq)

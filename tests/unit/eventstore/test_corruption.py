@@ -98,3 +98,18 @@ def test_bad_segment_magic_is_named(tmp_path):
         f.write(b"NOTAWAL!")
     with pytest.raises(CorruptRecordError, match="bad magic"):
         WalReader(str(tmp_path)).scan()
+
+
+@pytest.mark.parametrize("header_bytes", [0, 7, 31])
+def test_new_segment_with_incomplete_header_is_a_torn_tail(tmp_path, header_bytes):
+    """A crash right after a rotation created the next segment, before its
+    header was whole: recovery cuts it and the writer reuses the name."""
+    from eventstore.segment import encode_segment_header, segment_name
+    make_wal(tmp_path)
+    (tmp_path / segment_name(301)).write_bytes(encode_segment_header(301)[:header_bytes])
+    scan = WalReader(str(tmp_path)).scan()
+    assert scan.last_seq == 300 and scan.torn_tail.file_offset == 0
+    w = WalWriter(str(tmp_path), 301)
+    w.append(("event", 301))
+    w.close()
+    assert [s for s, _ in WalReader(str(tmp_path)).read(299)] == [299, 300, 301]
