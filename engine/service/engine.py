@@ -72,6 +72,10 @@ class EngineConfig:
         trade_history: recent trades kept in memory and in snapshots.
         buffer_capacity: recent events kept in the in-memory event buffer.
         control_socket: serve ``control.sock``.
+        pin_cpus: keep the matching process off the CPU the WAL syncer is
+            pinned to (when there are two or more), so the syncer never waits
+            behind it for a CPU: p99 commit latency 12-16 ms -> 5-6 ms on this
+            2-core machine kind. Snapshot children may use every CPU.
         pause_cyclic_gc: while the engine is open, freeze what recovery built
             and switch off the cyclic garbage collector. Its full collections
             walk every resting order and stalled the loop 20-70 ms at 100,000
@@ -89,6 +93,7 @@ class EngineConfig:
     trade_history: int = 10_000
     buffer_capacity: int = 100_000
     control_socket: bool = True
+    pin_cpus: bool = True
     pause_cyclic_gc: bool = True
 
 
@@ -145,6 +150,7 @@ class Engine:
         self.recovery: Optional[Recovery] = None
         self._lock_fd = -1
         self._gc_was_enabled: Optional[bool] = None
+        self._cpus: Optional[set] = None
         self._stop_reason: Optional[str] = None
         self._snapshot_waiters: list[ControlRequest] = []
         self._snapshot_requested = False
@@ -176,6 +182,9 @@ class Engine:
                  f", torn tail of {rec.torn_tail.dropped_bytes} bytes cut" if rec.torn_tail else "")
         self.wal = WalWriter(wal_dir(cfg.data_dir), rec.next_seq, segment_size_bytes=cfg.segment_size_bytes,
                              buffer_capacity=cfg.buffer_capacity)
+        self._cpus = os.sched_getaffinity(0)
+        if cfg.pin_cpus and self.wal.syncer_cpu is not None and len(self._cpus) > 1:
+            os.sched_setaffinity(0, self._cpus - {self.wal.syncer_cpu})
         for event in rec.pending:
             self.wal.append(event)
         self.wal.flush()
@@ -220,6 +229,8 @@ class Engine:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
+            if self._cpus is not None:
+                os.sched_setaffinity(0, self._cpus)
             if self._gc_was_enabled is not None:
                 gc.unfreeze()
                 if self._gc_was_enabled:
@@ -441,6 +452,7 @@ class Engine:
         return job
 
     def _in_snapshot_child(self) -> None:
+        os.sched_setaffinity(0, self._cpus)
         self.wal.close_in_child()
         if self.control is not None:
             self.control.close_in_child()
