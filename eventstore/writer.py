@@ -4,8 +4,9 @@ Why a process. ``os.fdatasync`` releases the GIL, but a writer *thread* must
 take the GIL back to report that the sync finished, and while matching holds
 the GIL it waits a whole switch interval (5 ms): measured p99 commit latency
 about 22 ms (``shared/PERFORMANCE.md``). So the matching thread itself does
-the cheap part, ``os.write`` of a batch frame into the page cache, and a forked
-*syncer* process, with no GIL of ours to wait for, does the slow part:
+the cheap part, ``os.write`` of a batch frame into the page cache, and a
+*syncer* process (``eventstore/syncer.py``, a fresh small interpreter),
+with no GIL of ours to wait for, does the slow part:
 
     matching thread                          syncer process
     ---------------                          --------------
@@ -35,6 +36,8 @@ import os
 import queue
 import select
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -53,6 +56,7 @@ __all__ = ["WalWriter", "CommitStats"]
 _MSG = struct.Struct("<QQ")        # segment first_seq, last seq written
 _SHM = struct.Struct("<QQQQ")      # durable_seq, error errno (0 ok), syncs, sync ns total
 _U64 = struct.Struct("<Q")
+_SYNCER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "syncer.py")
 
 
 class CommitStats:
@@ -69,46 +73,6 @@ class CommitStats:
             return 0.0
         data = sorted(self.latencies_ns)
         return data[min(len(data) - 1, int(p / 100 * len(data)))] / 1e6
-
-
-def _syncer_main(wal_dir: str, req_r: int, ack_w: int, shm: mmap.mmap) -> None:
-    """Loop of the syncer process: fdatasync what the parent wrote, publish it."""
-    fd = -1
-    seg = -1
-    pending = b""
-    syncs = 0
-    sync_ns = 0
-    while True:
-        data = os.read(req_r, 1 << 16)
-        if not data:
-            break
-        pending += data
-        n = len(pending) // _MSG.size
-        upto = None
-        for i in range(n):
-            msg_seg, msg_upto = _MSG.unpack_from(pending, i * _MSG.size)
-            if msg_seg != seg:
-                if fd >= 0:
-                    os.fdatasync(fd)
-                    os.close(fd)
-                fd = os.open(os.path.join(wal_dir, segment_name(msg_seg)), os.O_RDONLY)
-                fsync_dir(wal_dir)
-                seg = msg_seg
-            upto = msg_upto
-        pending = pending[n * _MSG.size:]
-        if upto is None:
-            continue
-        t0 = time.perf_counter_ns()
-        os.fdatasync(fd)
-        syncs += 1
-        sync_ns += time.perf_counter_ns() - t0
-        shm[0:_SHM.size] = _SHM.pack(upto, 0, syncs, sync_ns)
-        try:
-            os.write(ack_w, b"\x01")
-        except BlockingIOError:
-            pass
-    if fd >= 0:
-        os.fdatasync(fd)
 
 
 class WalWriter:
@@ -129,7 +93,7 @@ class WalWriter:
             more (on this 2-core machine kind, letting the scheduler put the
             syncer and its I/O completions beside the matching thread cost
             about 20% of durable throughput: ``scripts/bench.py``); ``-1``: no
-            pinning.
+            pinning. :attr:`syncer_cpu` tells the CPU chosen (or None).
 
     Raises:
         OSError: the directory or the first segment cannot be created.
@@ -160,42 +124,26 @@ class WalWriter:
         self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, t_first ns, events)
         self._closed = False
         self._died: Optional[str] = None
-        self._shm = mmap.mmap(-1, mmap.PAGESIZE)
-        self._shm[0:_SHM.size] = _SHM.pack(next_seq - 1, 0, 0, 0)
         self._seal_queue: "queue.Queue[Optional[tuple[int, int]]]" = queue.Queue()
         allowed = sorted(os.sched_getaffinity(0))
         if syncer_cpu is None:
             syncer_cpu = allowed[-1] if len(allowed) > 1 else -1
         self.syncer_cpu: Optional[int] = syncer_cpu if syncer_cpu >= 0 else None
+        shm_fd = os.memfd_create("evengine-wal-watermark")
+        os.ftruncate(shm_fd, mmap.PAGESIZE)
+        self._shm = mmap.mmap(shm_fd, mmap.PAGESIZE)
+        self._shm[0:_SHM.size] = _SHM.pack(next_seq - 1, 0, 0, 0)
         req_r, req_w = os.pipe()
         ack_r, ack_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the syncer: touches only its fds and the shared page
-            code = 0
-            try:
-                os.close(req_w)
-                os.close(ack_r)
-                if syncer_cpu >= 0:
-                    os.sched_setaffinity(0, {syncer_cpu})
-                try:
-                    # Wake ahead of the matching thread when both want a CPU:
-                    # it cut p99 commit latency from 4-13 ms to ~3 ms here.
-                    # Needs CAP_SYS_NICE (root); without it the syncer runs at
-                    # normal priority.
-                    os.nice(-10)
-                except OSError:
-                    pass
-                os.set_blocking(ack_w, False)
-                _syncer_main(wal_dir, req_r, ack_w, self._shm)
-            except OSError as exc:
-                self._shm[8:16] = _U64.pack(exc.errno or errno.EIO)
-                code = 1
-            except BaseException:
-                self._shm[8:16] = _U64.pack(errno.EIO)
-                code = 1
-            os._exit(code)
-        os.close(req_r)
-        os.close(ack_w)
+        try:
+            self._syncer = subprocess.Popen(
+                [sys.executable, "-I", "-S", _SYNCER, wal_dir, str(req_r), str(ack_w), str(shm_fd),
+                 str(syncer_cpu)], pass_fds=(req_r, ack_w, shm_fd), stdin=subprocess.DEVNULL)
+        finally:
+            os.close(req_r)
+            os.close(ack_w)
+            os.close(shm_fd)
+        pid = self._syncer.pid
         os.set_blocking(ack_r, False)
         self.syncer_pid = pid
         self._req_w = req_w
@@ -386,8 +334,8 @@ class WalWriter:
         return self._ack_r
 
     def _check_syncer(self) -> None:
-        pid, status = os.waitpid(self.syncer_pid, os.WNOHANG)
-        if pid:
+        status = self._syncer.poll()
+        if status is not None and self.syncer_pid:
             self.syncer_pid = 0
             _, err, _, _ = _SHM.unpack_from(self._shm, 0)
             self._fail(f"the WAL syncer process exited (status {status}, errno {err})")
@@ -440,9 +388,8 @@ class WalWriter:
             self._closed = True
             os.close(self._req_w)
             os.close(self._fd)
-            if self.syncer_pid:
-                os.waitpid(self.syncer_pid, 0)
-                self.syncer_pid = 0
+            self._syncer.wait()
+            self.syncer_pid = 0
             os.close(self._ack_r)
             self._seal_queue.put(None)
             self._sealer.join()
