@@ -86,6 +86,8 @@ def start(
     _setup_logging(verbose)
     from engine.core import Kind, to_json
     from engine.service import Engine, EngineConfig, EngineLockedError
+    from eventstore import EventStoreError
+    from recovery import RecoveryError
     try:
         src = make_source(source, symbol)
     except ValueError as exc:
@@ -95,8 +97,8 @@ def start(
     engine = Engine(cfg)
     try:
         engine.open()
-    except EngineLockedError as exc:
-        _fail(str(exc))
+    except (EngineLockedError, EventStoreError, RecoveryError) as exc:
+        _fail(f"{exc}")
     engine.install_signal_handlers()
     if print_trades:
         def sink(cmd_seq: int, cmd: Any, events: list) -> None:

@@ -173,6 +173,17 @@ class Engine:
             os.close(self._lock_fd)
             self._lock_fd = -1
             raise EngineLockedError(f"another engine is running on {cfg.data_dir} (it holds engine.lock)") from None
+        try:
+            return self._open_locked()
+        except BaseException:
+            self._abort_open()
+            raise
+
+    def _open_locked(self) -> Recovery:
+        cfg = self.config
+        if cfg.pause_cyclic_gc:
+            self._gc_was_enabled = gc.isenabled()
+            gc.disable()   # recovery builds the books: no cycles, many objects
         t0 = time.perf_counter()
         rec = self.recovery = recover(cfg.data_dir, trade_history=cfg.trade_history)
         self.matcher = rec.matcher
@@ -190,10 +201,8 @@ class Engine:
         self.wal.flush()
         self._last_snapshot_seq = rec.snapshot.seq if rec.snapshot else 0
         if cfg.pause_cyclic_gc:
-            self._gc_was_enabled = gc.isenabled()
             gc.collect()
             gc.freeze()
-            gc.disable()
         self.snapshots = SnapshotWriter(snapshot_dir(cfg.data_dir), retain=cfg.snapshot_retain,
                                         in_child=self._in_snapshot_child)
         if cfg.control_socket:
@@ -203,6 +212,29 @@ class Engine:
         s.replayed_events = rec.replayed_events
         s.torn_tail_bytes = rec.torn_tail.dropped_bytes if rec.torn_tail else 0
         return rec
+
+    def _abort_open(self) -> None:
+        """Undo a half-done :meth:`open` (recovery failed): stop the syncer,
+        give back the CPUs, the GC and the lock."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.wal is not None:
+            try:
+                self.wal.close(timeout=5)
+            except Exception:  # noqa: BLE001 - the open error is the one to report
+                pass
+            self.wal = None
+        if self._cpus is not None:
+            os.sched_setaffinity(0, self._cpus)
+            self._cpus = None
+        if self._gc_was_enabled is not None:
+            gc.unfreeze()
+            if self._gc_was_enabled:
+                gc.enable()
+            self._gc_was_enabled = None
+        os.close(self._lock_fd)
+        self._lock_fd = -1
 
     def close(self) -> RunSummary:
         """Wait until everything is durable, release the last outputs, wait

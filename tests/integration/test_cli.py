@@ -128,3 +128,16 @@ def test_malformed_lobster_rows_are_logged_rejected_and_the_engine_goes_on(tmp_p
     book = json.loads(ev("inspect", "--data-dir", str(tmp_path / "d"), "--at-seq", str(summary["last_seq"]),
                          "--symbol", "TEST", "--json").stdout)
     assert book["bids"] == [] and book["asks"] == [[5000100, 100]]
+
+
+def test_corrupt_wal_refuses_to_start_naming_segment_and_offset(tmp_path):
+    from eventstore import list_segments
+    from tests.support.files import flip_byte
+    run_to_end(tmp_path, "synthetic:5000:4", "--batch-max", "64")
+    seg = list_segments(str(tmp_path / "wal"))[-1].path
+    flip_byte(seg, 300, 0x08)
+    proc = ev("start", "--source", "synthetic:6000:4", "--data-dir", str(tmp_path), "--json", check=False)
+    assert proc.returncode == 1
+    assert seg in proc.stderr and "Traceback" not in proc.stderr
+    verify = ev("verify", "--data-dir", str(tmp_path), check=False)
+    assert verify.returncode == 1 and seg in verify.stderr
