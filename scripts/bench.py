@@ -6,7 +6,8 @@
 Figures (machines here are shared and noisy: compare ratios within one run):
   1. matching only: commands/s of Matcher.apply on the seeded synthetic flow
      (70% limit, 25% cancel, 5% marketable), against a bare book (SortedDict of
-     price -> deque, dict id -> order, no events: the CPython ceiling).
+     price -> deque, dict id -> order, no events: the CPython ceiling). Both
+     with the cyclic GC paused, as the engine runs.
   2. durable: commands/s of the whole engine (sequence, match, WAL append,
      group commit through the syncer process, output release), with p50/p99
      commit latency; against raw write+fdatasync of the same bytes.
@@ -184,10 +185,14 @@ def main() -> int:
     src = SyntheticSource(args.commands, args.seed, symbol="SYN")
     commands = list(src.commands(Matcher(), None))
 
+    # The engine runs with the cyclic GC paused (EngineConfig.pause_cyclic_gc);
+    # the in-process runs here get the same treatment, the baseline too.
     gc.collect()
+    gc.freeze()
+    gc.disable()
     t_bare = bare_book(commands)
-    gc.collect()
     t_match, m = matching_only(commands)
+    gc.enable()
     trades = m.match_sequence
     print(f"\n1. matching only")
     print(f"   bare book baseline   {len(commands) / t_bare:>12,.0f} commands/s")
@@ -212,9 +217,11 @@ def main() -> int:
           f"(engine: {d['seconds']:.2f} s; matching alone: {t_match:.2f} s)")
     results.update(durable_per_s=round(d["commands"] / d["seconds"]), commit_p50_ms=d["p50"], commit_p99_ms=d["p99"])
 
+    gc.disable()   # as Engine.open does around recovery
     t0 = time.perf_counter()
     rec = recover(str(work / "durable"))
     t_rec = time.perf_counter() - t0
+    gc.enable()
     assert rec.matcher.state_hash() == match_hash
     t0 = time.perf_counter()
     n_read = sum(1 for _ in WalReader(str(work / "durable" / "wal")).read())
