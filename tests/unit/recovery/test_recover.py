@@ -228,3 +228,24 @@ def test_engine_makes_no_reference_cycles(tmp_path):
         gc.set_debug(0)
         gc.garbage.clear()
     assert found == 0, kinds
+
+
+def test_tail_cut_between_command_and_its_trades_is_completed_on_start(tmp_path):
+    """A crash can leave a command durable without the trades it caused (they
+    may sit in the next frame). Recovery re-derives them and the engine logs
+    them before anything else."""
+    from eventstore import WalWriter
+    w = WalWriter(str(tmp_path / "wal"), 1)
+    w.append(AddSymbol.new("X"))
+    w.append(PlaceOrder.new("X", 1, 2, 100, 5, source="s", source_pos=0))
+    w.append(PlaceOrder.new("X", 2, 1, 100, 3, source="s", source_pos=1))   # trades 3 lots: trade not logged
+    w.close()
+    rec = recover(str(tmp_path))
+    assert len(rec.pending) == 1 and rec.pending[0].qty == 3 and rec.next_seq == 4
+    engine = Engine(EngineConfig(data_dir=str(tmp_path), control_socket=False))
+    engine.open()
+    engine.close()
+    events = list(open_data_dir(str(tmp_path)).events())
+    assert [s for s, _ in events] == [1, 2, 3, 4] and events[-1][1].match_id == 1
+    report = verify(str(tmp_path))
+    assert report["mismatches"] == 0 and report["trades_checked"] == 1
