@@ -128,7 +128,8 @@ def start(
         pauses = summary.fork_pauses_ms
         typer.echo(
             f"stopped by: {summary.stopped_by}\n"
-            f"commands: {summary.commands:,}   WAL events: {summary.events:,}   trades: {summary.trades:,}\n"
+            f"commands: {summary.commands:,}   WAL events: {summary.events:,}   trades: {summary.trades:,}   "
+            f"rejects: {summary.rejects:,}\n"
             f"durable throughput: {d['durable_commands_per_s']:,} commands/s over {summary.seconds:.2f} s   "
             f"commit p50 {summary.commit_p50_ms} ms, p99 {summary.commit_p99_ms} ms, {summary.fsyncs:,} fsyncs\n"
             f"snapshots: {summary.snapshots}   fork pauses (ms): "

@@ -307,8 +307,10 @@ class Engine:
             wal.append(cmd)
         else:  # it caused trades or a reject: they take the next seqs, in order
             logged = [event for event in out if event[0] in LOGGED_KINDS]
-            if logged[0][0] == _REJECTED and not _encodable(cmd):
-                cmd, out, logged = self._as_bad_input(seq, cmd)
+            if logged[0][0] == _REJECTED:
+                self.summary.rejects += 1
+                if not _encodable(cmd):
+                    cmd, out, logged = self._as_bad_input(seq, cmd)
             logged.insert(0, cmd)
             wal.extend(logged)
         if self.gate.sinks:

@@ -118,7 +118,7 @@ def test_malformed_lobster_rows_are_logged_rejected_and_the_engine_goes_on(tmp_p
         "34200.5,1,15,100,5000100,-1\n"
         "34200.6,3,11,100,5000000,1\n")
     summary = run_to_end(tmp_path / "d", f"lobster:{msgs}")
-    assert summary["commands"] >= 6
+    assert summary["commands"] >= 6 and summary["rejects"] >= 3
     events = [json.loads(line) for line in ev("replay", "--data-dir", str(tmp_path / "d")).stdout.splitlines()]
     bad = [e for e in events if e["type"] == "bad_input"]
     rejected = [e for e in events if e["type"] == "rejected"]
