@@ -50,6 +50,10 @@ def test_sigkill_at_random_points_then_restart_matches_uninterrupted_run(tmp_pat
             during_snapshot += bool(left["snapshot_tmp"]) or seen.get("children", 0) > 1
     print(f"kills {kills}, during rotation {during_rotation}, during snapshot {during_snapshot}")
     assert kills >= 20
+    # Kill points are random; with 0.25 MB segments and a snapshot every 8,000
+    # events, about two thirds land around a rotation and a quarter while a
+    # snapshot child runs (0 of 30 would be a ~1e-4 event).
+    assert during_rotation >= 1 and during_snapshot >= 1
     assert summary["state_hash"] == reference["state_hash"]
     assert summary["last_seq"] == reference["last_seq"]
     assert summary["match_sequence"] == reference["match_sequence"]
