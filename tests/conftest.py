@@ -3,24 +3,11 @@ tests needing it must not skip there (EVENGINE_REQUIRE_DATA=1)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-def data_path(*parts: str) -> Path:
-    """A file of ``../shared/data``; skips the test (fails under CI) if absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        reason = f"real order flow not found at {path} (see README: Data)"
-        if os.environ.get("EVENGINE_REQUIRE_DATA") == "1":
-            pytest.fail(reason + "; EVENGINE_REQUIRE_DATA=1 forbids skipping")
-        pytest.skip(reason)
-    return path
+from tests.support.data import data_path
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.data import data_path
+
 from engine.core import (AddSymbol, AmendOrder, BadInput, CancelOrder, Kind, Matcher, PlaceOrder,
                          RejectReason)
 from engine.io.bitstamp import COLUMNS, BitstampSource, compare_trades, parse_scaled
@@ -359,9 +361,8 @@ def test_resume_after_each_position_gives_the_same_commands_and_state(tmp_path):
 # --------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
 def real_run():
-    if not (DATA / "orders.csv.gz").is_file() or not (DATA / "trades.csv").is_file():
-        pytest.skip(f"Bitstamp capture not found at {DATA} (orders.csv.gz, trades.csv); "
-                    "see shared/data/README.md")
+    data_path("bitstamp", "orders.csv.gz")
+    data_path("bitstamp", "trades.csv")
     matcher = Matcher()
     result = compare_trades(DATA / "orders.csv.gz", DATA / "trades.csv", matcher=matcher)
     print(result)

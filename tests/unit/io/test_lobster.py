@@ -16,6 +16,8 @@ from typing import Optional
 
 import pytest
 
+from tests.support.data import data_path
+
 from engine.core import (BUY, SELL, AddSymbol, AmendOrder, CancelOrder, Kind, Matcher,
                          PlaceOrder)
 from engine.io.lobster import (DUMMY_ASK_PRICE, DUMMY_BID_PRICE, RESYNC_ID_BASE, ROW_STRIDE, SEED_ID_BASE,
@@ -531,8 +533,7 @@ def test_close_releases_the_files_of_an_unfinished_run(tmp_path):
 
 # --------------------------------------------------------------- real data
 def real_day(symbol: str) -> tuple[Path, Path]:
-    if not DATA.is_dir():
-        pytest.skip(f"LOBSTER sample data not found at {DATA} (see ../shared/data/README.md)")
+    data_path("lobster")
     stem = f"{symbol}_2012-06-21_34200000_57600000_{{}}_10.csv"
     return DATA / stem.format("message"), DATA / stem.format("orderbook")
 
