@@ -225,6 +225,10 @@ class Engine:
             except Exception:  # noqa: BLE001 - the open error is the one to report
                 pass
             self.wal = None
+        self._release_process()
+
+    def _release_process(self) -> None:
+        """Give back what open took from the process: CPUs, the GC, the lock."""
         if self._cpus is not None:
             os.sched_setaffinity(0, self._cpus)
             self._cpus = None
@@ -233,8 +237,9 @@ class Engine:
             if self._gc_was_enabled:
                 gc.enable()
             self._gc_was_enabled = None
-        os.close(self._lock_fd)
-        self._lock_fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def close(self) -> RunSummary:
         """Wait until everything is durable, release the last outputs, wait
@@ -258,16 +263,7 @@ class Engine:
                 s.commit_p99_ms = round(st.percentile_ms(99), 3)
                 self.wal.close()
                 s.fsyncs = self.wal.sync_counters()[0]
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
-            if self._cpus is not None:
-                os.sched_setaffinity(0, self._cpus)
-            if self._gc_was_enabled is not None:
-                gc.unfreeze()
-                if self._gc_was_enabled:
-                    gc.enable()
-                self._gc_was_enabled = None
+            self._release_process()
         if self.matcher is not None:
             s.last_seq = self.matcher.last_seq
             s.match_sequence = self.matcher.match_sequence
