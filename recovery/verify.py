@@ -43,9 +43,11 @@ def verify(data_dir: str, max_mismatches: int = 20) -> dict:
             damaged.append({"path": info.path, "error": str(exc)})
             continue
         states[info.seq] = Matcher.from_state(state).state_hash()
-        if scan.first_seq is not None and info.seq < scan.first_seq and (base is None or info.seq > base["last_seq"]):
+        # A WAL whose older segments were removed starts at first_seq > 1: replay
+        # from the oldest snapshot that reaches it.
+        if scan.first_seq and scan.first_seq > 1 and info.seq >= scan.first_seq - 1 and base is None:
             base = state
-    matcher = Matcher.from_state(base) if (base is not None and scan.first_seq and scan.first_seq > 1) else Matcher()
+    matcher = Matcher.from_state(base) if base is not None else Matcher()
     replayer = Replayer(matcher, strict=False)
     checked_snaps = 0
     snap_mismatches = []
