@@ -15,23 +15,21 @@ from .segment import (SEGMENT_HEADER_SIZE, Frame, SegmentInfo, TornTail, list_se
 __all__ = ["WalReader", "WalScan", "decode_frame"]
 
 
-def decode_frame(frame: Frame, segment: str) -> list:
+def decode_frame(frame: Frame, segment: str) -> tuple:
     """The ``frame.count`` payloads of one frame, as msgpack-decoded values
     (arrays become tuples).
 
     Raises:
-        CorruptRecordError: the payload does not hold exactly ``count`` values.
+        CorruptRecordError: the payload is not one array of exactly ``count`` values.
     """
-    unpacker = msgpack.Unpacker(use_list=False, raw=False, strict_map_key=False,
-                                max_buffer_size=len(frame.payload) + 1)
-    unpacker.feed(frame.payload)
     try:
-        values = list(unpacker)
+        values = msgpack.unpackb(frame.payload, use_list=False, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise CorruptRecordError(segment, frame.file_offset, f"payload does not decode: {exc}") from exc
-    if len(values) != frame.count:
+    if type(values) is not tuple or len(values) != frame.count:
         raise CorruptRecordError(segment, frame.file_offset,
-                                 f"frame declares {frame.count} events, payload holds {len(values)}")
+                                 f"frame declares {frame.count} events, payload holds "
+                                 f"{len(values) if type(values) is tuple else 'no array'}")
     return values
 
 

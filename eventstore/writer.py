@@ -113,12 +113,12 @@ class WalWriter:
         self.max_frame_events = max_frame_events
         self.stats = CommitStats()
         self._next_seq = next_seq
-        self.buffer = EventBuffer(buffer_capacity, next_seq_of=lambda: self._next_seq)
-        self._recent_append = self.buffer._events.append
-        self._recent_extend = self.buffer._events.extend
         self._written_seq = next_seq - 1
-        self._packer = msgpack.Packer(autoreset=False)
-        self._pack = self._packer.pack
+        # The in-memory buffer holds what was handed to the OS; readers see only
+        # durable events, which never run ahead of that.
+        self.buffer = EventBuffer(buffer_capacity, next_seq_of=lambda: self._written_seq + 1)
+        self._packb = msgpack.Packer().pack
+        self._batch: list = []
         self._count = 0
         self._t_first = 0
         self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, t_first ns, events)
@@ -175,12 +175,13 @@ class WalWriter:
         """Add one event (any msgpack-able value) to the current batch; return its seq.
 
         The event is not durable until ``durable_seq`` reaches the returned seq.
-        Complexity: O(size of payload).
+        It is encoded when the batch is flushed, all of the batch in one call:
+        a value msgpack cannot encode makes :meth:`flush` raise (the engine
+        checks what it appends; see ``Engine.submit``). Complexity: O(1).
         """
         if not self._count:
             self._t_first = time.perf_counter_ns()
-        self._pack(payload)
-        self._recent_append(payload)
+        self._batch.append(payload)
         self._count += 1
         seq = self._next_seq
         self._next_seq = seq + 1
@@ -193,12 +194,9 @@ class WalWriter:
         seq of the last one. One call per command and its trades."""
         if not self._count:
             self._t_first = time.perf_counter_ns()
-        pack = self._pack
-        for payload in payloads:
-            pack(payload)
+        self._batch += payloads
         n = len(payloads)
         self._count += n
-        self._recent_extend(payloads)
         self._next_seq += n
         if self._count >= self.max_frame_events:
             self.flush()
@@ -226,8 +224,10 @@ class WalWriter:
             return
         if self._died:
             raise WriterDiedError(self._died)
-        payload = self._packer.bytes()
-        self._packer.reset()
+        batch = self._batch
+        payload = self._packb(batch)   # one C call for the whole frame
+        self._batch = []
+        self.buffer._events.extend(batch)
         first = self._next_seq - self._count
         last = self._next_seq - 1
         header = encode_frame_header(payload, first, self._count)

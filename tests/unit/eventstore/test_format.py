@@ -25,12 +25,12 @@ def test_format_md_hexdump_decodes_to_one_cancel():
     data = hexdump_bytes()
     frames = list(scan_frames(data, "FORMAT.md", is_last=True))
     assert len(frames) == 1 and frames[0].first_seq == 1 and frames[0].count == 1
-    assert decode_frame(frames[0], "FORMAT.md") == [(3, 5, "X", 7, None, None)]
+    assert decode_frame(frames[0], "FORMAT.md") == ((3, 5, "X", 7, None, None),)
 
 
 def test_encoder_reproduces_format_md_bytes():
     import msgpack
-    payload = msgpack.packb((3, 5, "X", 7, None, None))
+    payload = msgpack.packb([(3, 5, "X", 7, None, None)])
     assert encode_segment_header(1) + encode_frame_header(payload, 1, 1) + payload == hexdump_bytes()
 
 
