@@ -52,7 +52,7 @@ class History:
         """The full engine state right after event ``seq``.
 
         Raises:
-            ValueError: ``seq`` is below 0.
+            ValueError: ``seq`` is below 0 or beyond the WAL's last event.
             CorruptRecordError, ReplayMismatchError: the history is damaged.
         """
         if seq < 0:
@@ -62,6 +62,8 @@ class History:
         replayer = Replayer(matcher)
         for s, payload in self.reader.read(matcher.last_seq + 1, seq):
             replayer.feed(s, payload)
+        if matcher.last_seq < seq:
+            raise ValueError(f"seq {seq} is beyond the end of the WAL (last seq {matcher.last_seq})")
         return matcher
 
     def book_at(self, seq: int, symbol: str, depth: Optional[int] = None) -> dict:

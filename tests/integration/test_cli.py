@@ -55,6 +55,9 @@ def test_inspect_time_travel_and_verify(tmp_path):
     assert report["trades_checked"] > 0
     missing = ev("inspect", "--data-dir", str(tmp_path), "--at-seq", "10", "--symbol", "NOPE", check=False)
     assert missing.returncode == 1 and "NOPE" in missing.stderr
+    future = ev("inspect", "--data-dir", str(tmp_path), "--at-seq", str(summary["last_seq"] + 1), "--symbol", "SYN",
+                check=False)
+    assert future.returncode == 2 and "beyond the end of the WAL" in future.stderr
 
 
 def test_snapshot_now_without_engine_fails_clearly(tmp_path):
