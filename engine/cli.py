@@ -27,6 +27,11 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _require_data(data_dir: str) -> None:
+    if not os.path.isdir(os.path.join(data_dir, "wal")):
+        _fail(f"no evengine data in {data_dir} (no wal/ directory); run `evengine start --data-dir {data_dir} ...` first")
+
+
 def make_source(spec: str, symbol: Optional[str] = None) -> Any:
     """Build a source from ``lobster:MESSAGES[:ORDERBOOK]``, ``bitstamp:ORDERS``
     or ``synthetic:N[:SEED]`` (the seeded benchmark flow).
@@ -167,6 +172,7 @@ def replay(
     data_dir: str = DataDir,
 ) -> None:
     """Print the WAL's events, one JSON object per line with seq and type."""
+    _require_data(data_dir)
     from engine.core import to_json
     from eventstore import EventStoreError
     from recovery import open_data_dir
@@ -191,6 +197,7 @@ def inspect(
 ) -> None:
     """Time travel: the order book as it was right after event N (nearest
     snapshot at or before N, then WAL replay)."""
+    _require_data(data_dir)
     from recovery import open_data_dir
     try:
         book = open_data_dir(data_dir).book_at(at_seq, symbol, depth)
@@ -216,6 +223,7 @@ def verify(
 ) -> None:
     """Recover into memory: check the WAL's integrity, that replay reproduces
     the logged trades, and every snapshot. Exit 1 on any problem."""
+    _require_data(data_dir)
     from eventstore import EventStoreError
     from recovery import verify as run_verify
     try:

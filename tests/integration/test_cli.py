@@ -144,3 +144,9 @@ def test_corrupt_wal_refuses_to_start_naming_segment_and_offset(tmp_path):
     assert seg in proc.stderr and "Traceback" not in proc.stderr
     verify = ev("verify", "--data-dir", str(tmp_path), check=False)
     assert verify.returncode == 1 and seg in verify.stderr
+
+
+def test_read_commands_on_an_empty_data_dir_say_so(tmp_path):
+    for args in (("replay",), ("verify",), ("inspect", "--at-seq", "1", "--symbol", "X")):
+        proc = ev(*args, "--data-dir", str(tmp_path / "none"), check=False)
+        assert proc.returncode == 1 and "no evengine data" in proc.stderr
