@@ -114,14 +114,13 @@ def start(
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("seq {task.fields[seq]} trades {task.fields[trades]}"), TimeRemainingColumn(),
+                       TextColumn("durable seq {task.fields[seq]}"), TimeRemainingColumn(),
                        transient=True)
-        task = bar.add_task(src.name, total=src.total, seq=0, trades=0)
+        task = bar.add_task(src.name, total=src.total, seq=0)
 
         def on_batch(e: Engine) -> None:
             pos = e.matcher.positions.get(src.name)
-            bar.update(task, completed=(pos + 1) if isinstance(pos, int) else 0, seq=e.matcher.last_seq,
-                       trades=e.matcher.match_sequence)
+            bar.update(task, completed=(pos + 1) if isinstance(pos, int) else 0, seq=e.wal.peek_durable())
         with bar:
             summary = engine.run(src, speed=speed, on_batch=on_batch)
     else:
