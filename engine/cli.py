@@ -165,6 +165,19 @@ def snapshot(
 
 
 @app.command()
+def status(data_dir: str = DataDir) -> None:
+    """Ask the engine running on DATA_DIR for its state: one JSON line with
+    last_seq, durable_seq, match_sequence, source positions and symbols.
+    Exit 1 if no engine runs there."""
+    from engine.service import NoEngineError, request
+    try:
+        answer = request(os.path.join(data_dir, "control.sock"), {"op": "status"}, 30.0)
+    except NoEngineError as exc:
+        _fail(str(exc))
+    print(json.dumps(answer))
+
+
+@app.command()
 def replay(
     from_seq: int = typer.Option(1, "--from-seq", help="First sequence number (inclusive)."),
     to_seq: Optional[int] = typer.Option(None, "--to-seq", help="Last sequence number (inclusive; default: the end)."),

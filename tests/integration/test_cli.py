@@ -74,6 +74,8 @@ def test_snapshot_now_against_running_engine_and_sigterm_stops_cleanly(tmp_path)
         sock = tmp_path / "control.sock"
         eventually(sock.exists, timeout=60, what="the control socket")
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        state = json.loads(ev("status", "--data-dir", str(tmp_path)).stdout)
+        assert state["ok"] and state["symbols"] == ["SYN"] and 0 < state["durable_seq"] <= state["last_seq"]
         answer = json.loads(ev("snapshot", "--now", "--data-dir", str(tmp_path)).stdout)
         assert answer["ok"] and answer["seq"] >= 1 and answer["fork_pause_ms"] > 0
         assert os.path.exists(answer["path"])
