@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import msgpack
 import zstandard
@@ -227,7 +227,7 @@ class WalWriter:
         batch = self._batch
         payload = self._packb(batch)   # one C call for the whole frame
         self._batch = []
-        self.buffer._events.extend(batch)
+        self.buffer.extend(batch)
         first = self._next_seq - self._count
         last = self._next_seq - 1
         header = encode_frame_header(payload, first, self._count)

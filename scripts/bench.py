@@ -29,7 +29,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sortedcontainers import SortedDict  # noqa: E402
 
-from engine.core import Matcher, PlaceOrder, RestingOrder  # noqa: E402
+from engine.core import Matcher, RestingOrder  # noqa: E402
 from engine.io.synthetic import SyntheticSource  # noqa: E402
 from engine.service import Engine, EngineConfig  # noqa: E402
 from eventstore import WalReader  # noqa: E402
@@ -152,7 +151,7 @@ def fork_pause(samples: int = 7) -> float:
 
 def book_with(n: int) -> Matcher:
     m = Matcher()
-    from engine.core import AddSymbol, OrderBook
+    from engine.core import OrderBook
     book = m.books["B"] = OrderBook("B", 1)
     for i in range(n):
         side = 1 if i % 2 else 2
@@ -194,7 +193,7 @@ def main() -> int:
     t_match, m = matching_only(commands)
     gc.enable()
     trades = m.match_sequence
-    print(f"\n1. matching only")
+    print("\n1. matching only")
     print(f"   bare book baseline   {len(commands) / t_bare:>12,.0f} commands/s")
     print(f"   evengine Matcher     {len(commands) / t_match:>12,.0f} commands/s  ({t_bare / t_match:.2f}x baseline; "
           f"{trades / len(commands):.2f} trades/command, {len(m.books['SYN'].orders):,} resting at the end)")
@@ -226,7 +225,7 @@ def main() -> int:
     t0 = time.perf_counter()
     n_read = sum(1 for _ in WalReader(str(work / "durable" / "wal")).read())
     t_read = time.perf_counter() - t0
-    print(f"\n4. replay (recovery from an empty snapshot: read, check, decode, re-match, compare trades)")
+    print("\n4. replay (recovery from an empty snapshot: read, check, decode, re-match, compare trades)")
     print(f"   read + decode only   {n_read / t_read:>12,.0f} events/s")
     print(f"   full replay          {rec.replayed_events / t_rec:>12,.0f} events/s  ({rec.replayed_events:,} events, "
           f"{rec.trades_checked:,} trades/rejects checked)")
@@ -234,7 +233,7 @@ def main() -> int:
     del rec
     gc.collect()
 
-    print(f"\n3. fork pause (median of 7 forks; child exits at once)")
+    print("\n3. fork pause (median of 7 forks; child exits at once)")
     base = fork_pause()
     print(f"   baseline (no book, RSS {rss_mb():.0f} MB)        {base:6.2f} ms")
     for n in (100_000, 1_000_000):
@@ -258,7 +257,7 @@ def main() -> int:
                               "--no-verbose"], cwd=ROOT, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
         s = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"\n5. GOOG 2012-06-21 day end to end (`evengine start`, snapshot every 20,000 events)")
+        print("\n5. GOOG 2012-06-21 day end to end (`evengine start`, snapshot every 20,000 events)")
         print(f"   {wall:.2f} s wall ({s['seconds']:.2f} s in the run loop): {s['commands']:,} commands, "
               f"{s['events']:,} events, {s['trades']:,} trades, {s['snapshots']} snapshots, "
               f"fork pauses max {max(s['fork_pauses_ms'] or [0]):.2f} ms, commit p99 {s['commit_p99_ms']} ms")

@@ -8,7 +8,7 @@ the state hash only). Must not import anything else of evengine
 (``tests/unit/test_layering.py`` checks).
 """
 
-from .codec import KIND_NAMES, decode_payload, is_command, to_json
+from .codec import KIND_NAMES, decode_payload, to_json
 from .commands import COMMAND_CLASSES, AddSymbol, AmendOrder, BadInput, CancelOrder, Command, PlaceOrder
 from .errors import BookIntegrityError, CoreError, SequenceGapError
 from .events import (EVENT_CLASSES, LOGGED_KINDS, Event, OrderAmended, OrderCancelled,
@@ -19,7 +19,7 @@ from .price_level import PriceLevel, RestingOrder
 from .types import (BUY, SELL, CancelReason, Kind, OrderType, RejectReason, Side, TimeInForce)
 
 __all__ = [
-    "KIND_NAMES", "decode_payload", "is_command", "to_json",
+    "KIND_NAMES", "decode_payload", "to_json",
     "AddSymbol", "AmendOrder", "BadInput", "CancelOrder", "Command", "PlaceOrder", "COMMAND_CLASSES",
     "BookIntegrityError", "CoreError", "SequenceGapError",
     "Event", "OrderAmended", "OrderCancelled", "OrderRejected", "OrderRested", "SymbolAdded",

@@ -12,7 +12,7 @@ from .commands import COMMAND_CLASSES
 from .events import EVENT_CLASSES
 from .types import Kind
 
-__all__ = ["decode_payload", "is_command", "to_json", "KIND_NAMES"]
+__all__ = ["decode_payload", "to_json", "KIND_NAMES"]
 
 _CLASSES = {**COMMAND_CLASSES, **EVENT_CLASSES}
 
@@ -39,11 +39,6 @@ def decode_payload(payload: Any) -> Any:
         return cls(*payload)
     except TypeError as exc:
         raise ValueError(f"payload of kind {payload[0]} has {len(payload)} fields: {exc}") from exc
-
-
-def is_command(obj: Any) -> bool:
-    """Whether ``obj`` (a command, event or payload) is a command (kind < 64)."""
-    return obj[0] < 64
 
 
 def to_json(seq: int, obj: Any) -> dict:

@@ -50,14 +50,6 @@ def _is_int(value: Any) -> bool:
     return type(value) is int
 
 
-def _valid_envelope(ts_ns: Any, source: Any, source_pos: Any) -> bool:
-    """The fields every command has: they reach trades, ``positions`` and
-    snapshots, so they must be msgpack-encodable and hashable (``source``)."""
-    return (_is_int(ts_ns) and 0 <= ts_ns <= _INT64_MAX
-            and (source is None or type(source) is str)
-            and (source_pos is None or _is_int(source_pos) and 0 <= source_pos <= _INT64_MAX))
-
-
 class Matcher:
     """All order books of one engine, ``match_sequence`` and the checkpoint.
 
@@ -180,23 +172,7 @@ class Matcher:
             if tif == _FOK and not book.fillable(side, price, qty):
                 out.append(OrderCancelled(_CANCELLED, order_id, qty, _FOK_UNFILLED))
                 return
-            if side == 1:
-                top = book.top_ask
-                crosses = top is not None and top <= price
-            else:
-                top = book.top_bid
-                crosses = top is not None and top >= price
-            if crosses:
-                leaves, self.match_sequence = book.match(side, price, qty, order_id, account, ts_ns,
-                                                         seq, self.match_sequence, out)
-            else:
-                leaves = qty
-            if leaves:
-                if tif == _GTC:
-                    book.rest(RestingOrder(order_id, side, price, leaves, account))
-                    out.append(_new(OrderRested, (_RESTED, order_id, side, price, leaves)))
-                else:
-                    out.append(_new(OrderCancelled, (_CANCELLED, order_id, leaves, _IOC_REMAINDER)))
+            self._enter(seq, book, ts_ns, order_id, side, price, qty, tif, account, out)
             return
         self._place_checked(seq, cmd, out)
 
@@ -242,15 +218,20 @@ class Matcher:
 
     def _enter(self, seq: int, book: OrderBook, ts_ns: int, order_id: int, side: int,
                limit: Optional[int], qty: int, tif: int, account: int, out: list) -> None:
-        leaves, self.match_sequence = book.match(side, limit, qty, order_id, account, ts_ns,
-                                                 seq, self.match_sequence, out)
+        # Most limit orders do not cross: check the cached best price first.
+        if limit is None or (side == 1 and book.top_ask is not None and book.top_ask <= limit) or \
+                (side == 2 and book.top_bid is not None and book.top_bid >= limit):
+            leaves, self.match_sequence = book.match(side, limit, qty, order_id, account, ts_ns,
+                                                     seq, self.match_sequence, out)
+        else:
+            leaves = qty
         if leaves:
             if tif == _GTC:
                 book.rest(RestingOrder(order_id, side, limit, leaves, account))
-                out.append(OrderRested(_RESTED, order_id, side, limit, leaves))
+                out.append(_new(OrderRested, (_RESTED, order_id, side, limit, leaves)))
             else:
-                out.append(OrderCancelled(_CANCELLED, order_id, leaves,
-                                          _NO_LIQUIDITY if limit is None else _IOC_REMAINDER))
+                out.append(_new(OrderCancelled, (_CANCELLED, order_id, leaves,
+                                                 _NO_LIQUIDITY if limit is None else _IOC_REMAINDER)))
 
     # ---------------------------------------------------------- cancel, amend
     def _cancel(self, seq: int, cmd: Any, out: list) -> None:

@@ -13,7 +13,7 @@ import os
 import queue
 import socket
 import threading
-from typing import Any, Callable, Optional
+from typing import Optional
 
 __all__ = ["ControlServer", "ControlRequest", "request", "NoEngineError"]
 

@@ -38,6 +38,12 @@ __all__ = ["EngineConfig", "Engine", "RunSummary", "EngineLockedError"]
 _REJECTED = Kind.REJECTED.value
 
 
+def _starts_row(cmd: Any, last_pos: Any) -> bool:
+    """Whether ``cmd`` begins a new input row (a batch may end before it): its
+    source position differs from the previous command's, or it has none."""
+    return cmd[-1] is None or cmd[-1] != last_pos
+
+
 def _encodable(obj: Any) -> bool:
     try:
         msgpack.packb(obj)
@@ -404,7 +410,7 @@ class Engine:
                 n, last_pos, carry = 1, carry[-1], None
             for cmd in it:
                 if ((n >= batch_max or not n & 15 and n and clock() > deadline)
-                        and (cmd[-1] is None or cmd[-1] != last_pos)):
+                        and _starts_row(cmd, last_pos)):
                     carry = cmd
                     break
                 submit(cmd)
@@ -443,9 +449,9 @@ class Engine:
                         on_batch(self)
                 time.sleep(min(wait, 0.02))
                 self._housekeeping()
-            if self._stop_reason is not None and (cmd[-1] is None or cmd[-1] != last_pos):
+            if self._stop_reason is not None and _starts_row(cmd, last_pos):
                 break  # only between input rows, never inside one
-            if n >= self.config.batch_max and (cmd[-1] is None or cmd[-1] != last_pos):
+            if n >= self.config.batch_max and _starts_row(cmd, last_pos):
                 commands += n
                 n = 0
                 self.end_batch()

@@ -29,11 +29,6 @@ class OutputGate:
         self.released = 0
 
     @property
-    def active(self) -> bool:
-        """Whether anyone listens; with no sink, nothing needs holding."""
-        return bool(self.sinks)
-
-    @property
     def held(self) -> int:
         return len(self._held)
 
