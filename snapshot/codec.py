@@ -15,7 +15,7 @@ __all__ = ["SNAPSHOT_MAGIC", "SNAPSHOT_VERSION", "HEADER_SIZE", "encode_snapshot
            "read_header"]
 
 SNAPSHOT_MAGIC = b"EVSNAP\r\n"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 HEADER_SIZE = 48
 _HEAD = struct.Struct("<8sHHIQQQII")  # magic, version, flags, header size, seq, match_sequence, body_len, body_crc, header_crc
 

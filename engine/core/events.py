@@ -24,7 +24,9 @@ __all__ = ["Trade", "OrderRejected", "OrderRested", "OrderCancelled", "OrderAmen
 class Trade(NamedTuple):
     """One match. ``price`` is the maker's, in price units; ``qty`` in lots.
     ``taker_side`` is the aggressor's side (1 buy, 2 sell); ``cmd_seq`` the
-    sequence number of the command that caused it."""
+    sequence number of the command that caused it; ``symbol_seq`` the trade's
+    number within its symbol (1, 2, ... gap-free per order book), which lets a
+    downstream consumer of one symbol detect a missing trade."""
 
     kind: int
     match_id: int
@@ -38,6 +40,7 @@ class Trade(NamedTuple):
     maker_account: int
     taker_account: int
     cmd_seq: int
+    symbol_seq: int
 
 
 class OrderRejected(NamedTuple):

@@ -291,14 +291,15 @@ class Matcher:
         """The whole state as plain msgpack-able data (for snapshots)::
 
             {"last_seq": int, "match_sequence": int, "positions": {source: pos},
-             "books": [[symbol, tick_size, [[order_id, side, price, qty, account], ...]], ...],
+             "books": [[symbol, tick_size, [[order_id, side, price, qty, account], ...],
+                        trade_count], ...],
              "trades": [[...Trade fields...], ...]}
         """
         return {
             "last_seq": self.last_seq,
             "match_sequence": self.match_sequence,
             "positions": dict(self.positions),
-            "books": [[s, b.tick_size, b.export_orders()] for s, b in sorted(self.books.items())],
+            "books": [[s, b.tick_size, b.export_orders(), b.trade_count] for s, b in sorted(self.books.items())],
             "trades": [list(t) for t in self.trades],
         }
 
@@ -313,8 +314,9 @@ class Matcher:
         m.last_seq = state["last_seq"]
         m.match_sequence = state["match_sequence"]
         m.positions = dict(state["positions"])
-        for symbol, tick_size, orders in state["books"]:
+        for symbol, tick_size, orders, trade_count in state["books"]:
             book = m.books[symbol] = OrderBook(symbol, tick_size)
+            book.trade_count = trade_count
             for order_id, side, price, qty, account in orders:
                 book.rest(RestingOrder(order_id, side, price, qty, account))
         m.trades.extend(Trade(*t) for t in state["trades"])
@@ -330,6 +332,6 @@ class Matcher:
         h.update(packer.pack([self.last_seq, self.match_sequence]))
         for symbol in sorted(self.books):
             book = self.books[symbol]
-            h.update(packer.pack([symbol, book.tick_size]))
+            h.update(packer.pack([symbol, book.tick_size, book.trade_count]))
             h.update(packer.pack(book.export_orders()))
         return h.hexdigest()

@@ -38,11 +38,12 @@ class OrderBook:
     """
 
     __slots__ = ("symbol", "tick_size", "bid_prices", "ask_prices", "bid_levels",
-                 "ask_levels", "orders", "top_bid", "top_ask")
+                 "ask_levels", "orders", "top_bid", "top_ask", "trade_count")
 
     def __init__(self, symbol: str, tick_size: int = 1) -> None:
         self.symbol = symbol
         self.tick_size = tick_size
+        self.trade_count = 0   # symbol_seq of the book's last trade
         self.bid_prices = SortedList()
         self.ask_prices = SortedList()
         self.bid_levels: dict[int, PriceLevel] = {}
@@ -186,6 +187,7 @@ class OrderBook:
         """
         symbol = self.symbol
         orders = self.orders
+        symbol_seq = self.trade_count
         if taker_side == BUY:
             prices, levels, head, best = self.ask_prices, self.ask_levels, 0, self.top_ask
         else:
@@ -203,6 +205,7 @@ class OrderBook:
                     queue.popleft()
                     continue
                 match_id += 1
+                symbol_seq += 1
                 if maker_qty <= qty:
                     fill = maker_qty
                     maker.qty = 0
@@ -215,7 +218,8 @@ class OrderBook:
                 level.qty -= fill
                 qty -= fill
                 out.append(_new(Trade, (_TRADE, match_id, ts_ns, symbol, price, fill, taker_side,
-                                        maker.order_id, taker_id, maker.account, taker_account, cmd_seq)))
+                                        maker.order_id, taker_id, maker.account, taker_account, cmd_seq,
+                                        symbol_seq)))
                 if not level.count:
                     del levels[price]
                     prices.pop(head)
@@ -225,6 +229,7 @@ class OrderBook:
             self.top_ask = best
         else:
             self.top_bid = best
+        self.trade_count = symbol_seq
         return qty, match_id
 
     # ------------------------------------------------------------- integrity

@@ -30,7 +30,7 @@ DESIGN.md "order types"):
 Event tuples (what :func:`event_key` makes of an engine event)::
 
     ("trade", match_id, ts_ns, symbol, price, qty, taker_side,
-              maker_order_id, taker_order_id, maker_account, taker_account, cmd_seq)
+              maker_order_id, taker_order_id, maker_account, taker_account, cmd_seq, symbol_seq)
     ("rejected", cmd_seq, order_id_or_None, reason)
     ("rested", order_id, side, price, leaves_qty)
     ("cancelled", order_id, cancelled_qty, cancel_reason)
@@ -79,6 +79,7 @@ class RefOrder:
 class RefSymbol:
     tick_size: int
     orders: list = field(default_factory=list)   # RefOrder, in no particular order
+    trades: int = 0                                # the symbol's trades so far (symbol_seq)
 
     def find(self, order_id: Any) -> Optional[RefOrder]:
         for order in self.orders:
@@ -234,8 +235,9 @@ class RefEngine:
             maker = makers[0]
             fill = min(maker.qty, leaves)
             self.match_id += 1
+            book.trades += 1
             out.append(("trade", self.match_id, ts_ns, symbol, maker.price, fill, side,
-                        maker.order_id, order_id, maker.account, account, seq))
+                        maker.order_id, order_id, maker.account, account, seq, book.trades))
             maker.qty -= fill
             leaves -= fill
             if maker.qty == 0:

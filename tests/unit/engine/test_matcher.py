@@ -66,7 +66,7 @@ def test_trade_at_maker_price():
     m = book_from_ladder("bid|price|ask\n |1600|7\n4|1550|")
     events = apply(m, buy(10, 1700, 3, account=42, ts_ns=99))
     seq = m.last_seq - 1
-    assert events == [Trade(Kind.TRADE, 1, 99, "X", 1600, 3, BUY, 1, 10, 0, 42, seq)]
+    assert events == [Trade(Kind.TRADE, 1, 99, "X", 1600, 3, BUY, 1, 10, 0, 42, seq, 1)]
     events = apply(m, sell(11, 1500, 1))
     assert fills(events) == [(2, 1550, 1, 2, 11)]
 
