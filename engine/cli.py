@@ -70,7 +70,7 @@ def make_source(spec: str, symbol: Optional[str] = None) -> Any:
 
 @app.command()
 def start(
-    source: str = typer.Option(..., "--source", "-s", help="lobster:MESSAGES[:ORDERBOOK], bitstamp:ORDERS (.csv or .csv.gz) or synthetic:N[:SEED]."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="lobster:MESSAGES[:ORDERBOOK], bitstamp:ORDERS (.csv or .csv.gz) or synthetic:N[:SEED]."),
     data_dir: str = DataDir,
     symbol: Optional[str] = typer.Option(None, help="Symbol for a LOBSTER file (default: the ticker in its name)."),
     speed: float = typer.Option(0.0, help="Pace: X times the file's own clock (1 = real time); 0 = as fast as possible."),
@@ -83,16 +83,33 @@ def start(
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: when stderr is a terminal)."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as one JSON line."),
     verbose: bool = typer.Option(True, help="Log recovery, snapshots and fork pauses to stderr."),
+    kafka: Optional[str] = typer.Option(None, "--kafka", help="Kafka bootstrap servers (host:port,...): consume orders, publish trades."),
+    orders_topic: str = typer.Option("orders", help="Kafka topic of incoming orders."),
+    trades_topic: str = typer.Option("trades", help="Kafka topic trades are published to."),
+    group: str = typer.Option("evengine", help="The engine's Kafka consumer group."),
+    http: Optional[str] = typer.Option(None, "--http", help="Serve the HTTP order gateway on HOST:PORT (e.g. 127.0.0.1:8080)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EVENGINE_TOKEN", help="Bearer token for order entry; required when --http is not on a loopback address."),
+    add_symbol: list[str] = typer.Option([], "--add-symbol", help="Open the book SYMBOL[:TICK_SIZE] at start if missing (repeatable; Kafka/HTTP mode)."),
 ) -> None:
-    """Recover, then run the engine on a file source to its end (exit 0 with a summary).
+    """Recover, then run the engine: on a file source to its end (exit 0 with
+    a summary), or, with --kafka and/or --http, as a service until stopped.
 
     SIGTERM or SIGINT stop it cleanly after the current batch.
     """
     _setup_logging(verbose)
-    from engine.core import Kind, to_json
     from engine.service import Engine, EngineConfig, EngineLockedError
     from eventstore import EventStoreError
     from recovery import RecoveryError
+    if kafka is not None or http is not None:
+        if source is not None:
+            _fail("--source reads a file; it cannot be combined with --kafka or --http", 2)
+        _start_service(data_dir, kafka=kafka, orders_topic=orders_topic, trades_topic=trades_topic, group=group,
+                       http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
+                       snapshot_retain=snapshot_retain, segment_size_mb=segment_size_mb,
+                       print_trades=print_trades, json_summary=json_summary)
+        return
+    if source is None:
+        _fail("nothing to run: give --source FILE, --kafka BOOTSTRAP or --http HOST:PORT", 2)
     try:
         src = make_source(source, symbol)
     except ValueError as exc:
@@ -106,10 +123,7 @@ def start(
         _fail(f"{exc}")
     engine.install_signal_handlers()
     if print_trades:
-        def sink(cmd_seq: int, cmd: Any, events: list) -> None:
-            for i, e in enumerate(x for x in events if x[0] == Kind.TRADE):
-                print(json.dumps(to_json(cmd_seq + 1 + i, e)))
-        engine.add_sink(sink)
+        engine.add_sink(_trade_printer())
     show = sys.stderr.isatty() if progress is None else progress
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -140,6 +154,67 @@ def start(
             f"{', '.join(f'{p:.2f}' for p in pauses) if pauses else 'none'}\n"
             f"last seq: {summary.last_seq}   match_sequence: {summary.match_sequence}\n"
             f"state hash: {summary.state_hash}")
+
+
+def _trade_printer() -> Any:
+    from engine.core import Kind, to_json
+
+    def sink(cmd_seq: int, cmd: Any, events: list) -> None:
+        for i, e in enumerate(x for x in events if x[0] == Kind.TRADE):
+            print(json.dumps(to_json(cmd_seq + 1 + i, e)), flush=True)
+    return sink
+
+
+def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, trades_topic: str, group: str,
+                   http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
+                   snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool) -> None:
+    """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
+    import asyncio
+    from engine.service import Engine, EngineConfig, EngineLockedError
+    from engine.service.serve import parse_symbols, serve
+    from eventstore import EventStoreError
+    from recovery import RecoveryError
+    try:
+        symbols = parse_symbols(add_symbol)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    bind = None
+    if http is not None:
+        host, _, port = http.rpartition(":")
+        if not host or not port.isdigit():
+            _fail(f"--http wants HOST:PORT, got {http!r}", 2)
+        from engine.gateway import check_bind
+        try:
+            check_bind(host, token)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+        bind = (host, int(port))
+    kcfg = None
+    if kafka is not None:
+        from engine.io.kafka import KafkaConfig
+        kcfg = KafkaConfig(kafka, orders_topic=orders_topic, trades_topic=trades_topic, group_id=group)
+    cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
+                       segment_size_bytes=int(segment_size_mb * (1 << 20)))
+    engine = Engine(cfg)
+    try:
+        engine.open()
+    except (EngineLockedError, EventStoreError, RecoveryError) as exc:
+        _fail(f"{exc}")
+
+    def ready(info: dict) -> None:
+        print(json.dumps({"ready": True, "last_seq": engine.matcher.last_seq, **info}), flush=True)
+    stats: dict = {}
+    try:
+        stats = asyncio.run(serve(engine, kafka=kcfg, http=bind, token=token, symbols=tuple(symbols),
+                                  sinks=(_trade_printer(),) if print_trades else (), on_ready=ready))
+    finally:
+        summary = engine.close()
+    d = summary.as_dict()
+    d.update({"kafka": stats} if stats else {})
+    print(json.dumps(d) if json_summary else
+          f"stopped. last seq: {summary.last_seq}   durable seq: {summary.durable_seq}   "
+          f"match_sequence: {summary.match_sequence}   rejects: {summary.rejects}\n"
+          f"kafka: {json.dumps(stats)}\nstate hash: {summary.state_hash}", flush=True)
 
 
 @app.command()

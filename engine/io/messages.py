@@ -1,0 +1,164 @@
+"""Wire formats of the Kafka topics ``orders`` and ``trades`` (spec: ``engine/io/MESSAGES.md``).
+
+``orders`` values are a JSON object (UTF-8) or a msgpack map, told apart by the
+first byte. :func:`decode_order` turns one into a command for the matcher and
+never raises: a value that is not an order at all (not JSON or msgpack, not an
+object, an unknown ``type``, a missing or unknown field) becomes a
+:class:`~engine.core.commands.BadInput` holding the raw bytes and the reason,
+which the matcher rejects and the WAL logs, so the input offset moves past it
+and nothing is lost. Values of the right names but wrong contents (a negative
+``qty``, ``side: "long"``) pass through unchanged: the matcher rejects them
+with its own reason codes (``engine.core.types.RejectReason``).
+
+``trades`` values are JSON objects made by :func:`encode_trade`, keyed by
+symbol so that one symbol's trades stay in order on one partition.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import msgpack
+
+from engine.core.commands import AddSymbol, AmendOrder, BadInput, CancelOrder, Command, PlaceOrder
+
+__all__ = ["decode_order", "encode_order", "encode_trade", "decode_trade", "trade_message",
+           "SIDES", "ORDER_TYPES", "TIFS", "MAX_RAW_BYTES"]
+
+SIDES = {"buy": 1, "sell": 2}
+ORDER_TYPES = {"limit": 1, "market": 2}
+TIFS = {"gtc": 1, "ioc": 2, "fok": 3}
+SIDE_NAMES = {1: "buy", 2: "sell"}
+MAX_RAW_BYTES = 1024
+"""How much of a message that is not an order is kept in its ``BadInput``."""
+
+_FIELDS = {
+    "place": ({"type", "symbol", "order_id", "side", "qty"},
+              {"price", "order_type", "tif", "post_only", "account", "ts_ns"}),
+    "cancel": ({"type", "symbol", "order_id"}, {"ts_ns"}),
+    "amend": ({"type", "symbol", "order_id", "price", "qty"}, {"ts_ns"}),
+    "add_symbol": ({"type", "symbol"}, {"tick_size", "ts_ns"}),
+}
+
+
+def _raw(value: bytes) -> Any:
+    """What a BadInput keeps of the value: text when it is UTF-8, else bytes."""
+    cut = value[:MAX_RAW_BYTES]
+    try:
+        return cut.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(cut)
+
+
+def _parse(value: bytes) -> tuple[Optional[dict], str]:
+    if not value:
+        return None, "empty message"
+    first = value[0]
+    if first == 0x7B or first in b" \t\r\n":     # '{' or leading white space: JSON
+        try:
+            obj = json.loads(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return None, f"not valid JSON: {exc}"[:200]
+    elif 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):   # msgpack fixmap / map16 / map32
+        try:
+            obj = msgpack.unpackb(value, raw=False, strict_map_key=True)
+        except Exception as exc:  # noqa: BLE001 - msgpack raises several types
+            return None, f"not valid msgpack: {type(exc).__name__}: {exc}"[:200]
+    else:
+        return None, "not a JSON object or a msgpack map (first byte 0x%02x)" % first
+    if not isinstance(obj, dict):
+        return None, f"not an object but {type(obj).__name__}"
+    return obj, ""
+
+
+def decode_order(value: Optional[bytes], *, source: str, offset: int, ts_ns: int) -> Command:
+    """One ``orders`` message -> one command.
+
+    Args:
+        value: the Kafka record value (``None`` for a tombstone).
+        source: the command's source name, ``"kafka:<topic>:<partition>"``.
+        offset: the record's offset in that partition (the command's ``source_pos``).
+        ts_ns: the time to stamp when the message carries no ``ts_ns``
+            (the record's timestamp, ms since the epoch, times 1,000,000).
+
+    Returns:
+        A ``PlaceOrder``, ``CancelOrder``, ``AmendOrder`` or ``AddSymbol``; a
+        ``BadInput`` (with the reason) for anything that is not one. Never raises.
+    """
+    if value is None:
+        return BadInput.new(None, "empty message (tombstone)", ts_ns=ts_ns, source=source, source_pos=offset)
+    obj, error = _parse(value)
+    if obj is None:
+        return BadInput.new(_raw(value), error, ts_ns=ts_ns, source=source, source_pos=offset)
+    kind = obj.get("type")
+    spec = _FIELDS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        return BadInput.new(_raw(value), f"unknown type {kind!r} (known: {', '.join(_FIELDS)})",
+                            ts_ns=ts_ns, source=source, source_pos=offset)
+    required, optional = spec
+    keys = set(obj)
+    missing = required - keys
+    if missing:
+        return BadInput.new(_raw(value), f"{kind}: missing field(s) {', '.join(sorted(missing))}",
+                            ts_ns=ts_ns, source=source, source_pos=offset)
+    unknown = keys - required - optional
+    if unknown:
+        return BadInput.new(_raw(value), f"{kind}: unknown field(s) {', '.join(sorted(map(str, unknown)))}",
+                            ts_ns=ts_ns, source=source, source_pos=offset)
+    ts = obj.get("ts_ns", ts_ns)
+    symbol = obj["symbol"]
+    if kind == "place":
+        order_type = ORDER_TYPES.get(obj.get("order_type", "limit"), obj.get("order_type"))
+        default_tif = "ioc" if order_type == 2 else "gtc"
+        tif = TIFS.get(obj.get("tif", default_tif), obj.get("tif"))
+        side = SIDES.get(obj["side"], obj["side"]) if isinstance(obj["side"], str) else obj["side"]
+        price = obj.get("price", 0 if order_type == 2 else None)
+        return PlaceOrder(2, ts, symbol, obj["order_id"], side, order_type, tif, price, obj["qty"],
+                          obj.get("post_only", False), obj.get("account", 0), source, offset)
+    if kind == "cancel":
+        return CancelOrder(3, ts, symbol, obj["order_id"], source, offset)
+    if kind == "amend":
+        return AmendOrder(4, ts, symbol, obj["order_id"], obj["price"], obj["qty"], source, offset)
+    return AddSymbol(1, ts, symbol, obj.get("tick_size", 1), source, offset)
+
+
+def encode_order(order: dict, fmt: str = "json") -> bytes:
+    """An order object (the fields of MESSAGES.md) as an ``orders`` value.
+    ``fmt``: ``"json"`` or ``"msgpack"``."""
+    if fmt == "msgpack":
+        return msgpack.packb(order)
+    return json.dumps(order, separators=(",", ":")).encode()
+
+
+def trade_message(seq: int, trade: Any, source: Optional[str], source_pos: Optional[int]) -> dict:
+    """The ``trades`` record for one trade event (``engine.core.events.Trade``
+    or its raw WAL tuple) logged at ``seq``, caused by a command from
+    ``source``/``source_pos``."""
+    (_, match_id, ts_ns, symbol, price, qty, taker_side, maker_order_id, taker_order_id,
+     maker_account, taker_account, cmd_seq, symbol_seq) = trade
+    return {"match_id": match_id, "symbol": symbol, "symbol_seq": symbol_seq, "seq": seq,
+            "cmd_seq": cmd_seq, "ts_ns": ts_ns, "price": price, "qty": qty,
+            "taker_side": SIDE_NAMES.get(taker_side, taker_side),
+            "maker_order_id": maker_order_id, "taker_order_id": taker_order_id,
+            "maker_account": maker_account, "taker_account": taker_account,
+            "input": {"source": source, "offset": source_pos}}
+
+
+def encode_trade(seq: int, trade: Any, source: Optional[str], source_pos: Optional[int]) -> bytes:
+    """:func:`trade_message` as the JSON bytes published to ``trades``."""
+    return json.dumps(trade_message(seq, trade, source, source_pos), separators=(",", ":")).encode()
+
+
+def decode_trade(value: bytes) -> dict:
+    """A ``trades`` value back to its dict.
+
+    Raises:
+        ValueError: not a trade message (not JSON, or ``match_id``/``symbol``/
+            ``symbol_seq`` missing or of the wrong type).
+    """
+    obj = json.loads(value)
+    if not (isinstance(obj, dict) and type(obj.get("match_id")) is int and isinstance(obj.get("symbol"), str)
+            and type(obj.get("symbol_seq")) is int):
+        raise ValueError("not a trade message: needs integer match_id and symbol_seq and a string symbol")
+    return obj

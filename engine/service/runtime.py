@@ -1,0 +1,209 @@
+"""The engine on an asyncio loop, for push sources: the HTTP gateway and Kafka.
+
+One thread does everything, as DESIGN.md asks: the loop runs the network I/O,
+and matching runs on it too, synchronously, between awaits. The WAL's fsync
+happens in the syncer process (``eventstore/writer.py``), so nothing here
+waits for the disk: a submitted command is matched and written at once, and its
+results are released when the syncer's wake-up fd says the watermark passed
+them (``loop.add_reader``).
+
+Group commit for push sources: every :meth:`EngineRuntime.submit` in one turn
+of the loop (all HTTP requests that arrived together, one Kafka fetch) goes
+into one WAL frame, flushed by a callback scheduled for the end of that turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any, Callable, Optional
+
+from engine.core.commands import Command
+from engine.core.types import Kind
+
+from .engine import Engine
+
+__all__ = ["EngineRuntime", "CommandResult"]
+
+log = logging.getLogger("evengine.runtime")
+
+_TRADE = Kind.TRADE.value
+
+
+class CommandResult:
+    """What one command did, known only once it is durable.
+
+    Attributes:
+        seq: the command's sequence number in the WAL.
+        cmd: the command as logged (a malformed one may have become ``BadInput``).
+        events: the matcher's events for it (``engine.core.events``): trades,
+            a reject, a rest/cancel/amend acknowledgement.
+        durable_seq: the WAL watermark when it was released (>= every seq above).
+    """
+
+    __slots__ = ("seq", "cmd", "events", "durable_seq")
+
+    def __init__(self, seq: int, cmd: Any, events: list, durable_seq: int) -> None:
+        self.seq, self.cmd, self.events, self.durable_seq = seq, cmd, events, durable_seq
+
+    def __repr__(self) -> str:
+        return f"CommandResult(seq={self.seq}, events={self.events!r})"
+
+
+class EngineRuntime:
+    """Drive an open :class:`Engine` from an asyncio loop.
+
+    Use: ``rt = EngineRuntime(engine)``; ``await rt.start()``; then
+    :meth:`submit` (fire and forget: outputs go through the sinks) or
+    ``await`` :meth:`execute` (answers after the fsync); :meth:`stop`.
+
+    Sinks added with :meth:`add_sink` see every released command as
+    ``sink(seq, cmd, events)``, in sequence order, only once durable (the
+    engine's :class:`~engine.service.output_gate.OutputGate`).
+    """
+
+    def __init__(self, engine: Engine, *, housekeeping_s: float = 0.05) -> None:
+        self.engine = engine
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._barriers: list[tuple[int, asyncio.Future]] = []
+        self._flush_scheduled = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._housekeeping_s = housekeeping_s
+        self._tick: Optional[asyncio.Task] = None
+        self.stopping = asyncio.Event()
+        self.stop_reason: Optional[str] = None
+        self.failed: Optional[BaseException] = None
+        engine.add_sink(self._resolve)
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Register the WAL wake-up fd and the housekeeping timer."""
+        self._loop = loop = asyncio.get_running_loop()
+        loop.add_reader(self.engine.wal.wakeup_fd, self._on_durable)
+        self._tick = asyncio.create_task(self._housekeeping_loop(), name="evengine-housekeeping")
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT ask for a clean stop (see :attr:`stopping`)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.engine.request_stop(reason)
+        self.stopping.set()
+
+    async def stop(self) -> None:
+        """Flush, wait until everything submitted is durable and released,
+        then stop the timer. The engine itself stays open (close it after)."""
+        self._flush()
+        wal = self.engine.wal
+        while self.failed is None and wal.durable_seq < wal.next_seq - 1:
+            await asyncio.sleep(0.001)
+            self._on_durable()
+        self._on_durable()
+        if self._tick is not None:
+            self._tick.cancel()
+            try:
+                await self._tick
+            except asyncio.CancelledError:
+                pass
+        if self._loop is not None:
+            self._loop.remove_reader(wal.wakeup_fd)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(RuntimeError("engine stopped before the command was durable"))
+        self._waiters.clear()
+
+    # --------------------------------------------------------------- commands
+    @property
+    def next_seq(self) -> int:
+        return self.engine.wal.next_seq
+
+    def submit(self, cmd: Command) -> list:
+        """Match and log ``cmd`` now; its outputs leave through the sinks once
+        durable. Returns the (not yet durable) events. Never raises for a bad
+        command (the matcher rejects it)."""
+        if self.failed is not None:
+            raise RuntimeError(f"the engine failed: {self.failed}")
+        out = self.engine.submit(cmd)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return out
+
+    async def execute(self, cmd: Command) -> CommandResult:
+        """Submit ``cmd`` and wait until it and every event it caused are on
+        disk. Raises ``RuntimeError`` if the engine stops or fails first."""
+        fut = self._loop.create_future()
+        self._waiters[self.engine.wal.next_seq] = fut
+        self.submit(cmd)
+        return await fut
+
+    async def barrier(self) -> int:
+        """Wait until everything applied so far is durable; return that seq.
+        For reads of the book: what they show must not be ahead of the disk."""
+        target = self.engine.matcher.last_seq
+        wal = self.engine.wal
+        self._flush()
+        while wal.durable_seq < target:
+            if self.failed is not None:
+                raise RuntimeError(f"the engine failed: {self.failed}")
+            fut = self._loop.create_future()
+            self._barriers.append((target, fut))
+            await fut
+        return target
+
+    # ---------------------------------------------------------------- plumbing
+    def add_sink(self, sink: Callable[[int, Any, list], None]) -> None:
+        self.engine.add_sink(sink)
+
+    def _resolve(self, seq: int, cmd: Any, events: list) -> None:
+        fut = self._waiters.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(CommandResult(seq, cmd, events, self.engine.wal.peek_durable()))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.engine.end_batch()
+        except Exception as exc:  # noqa: BLE001 - the WAL failed: nothing more may be acknowledged
+            self._fail(exc)
+
+    def _on_durable(self) -> None:
+        engine = self.engine
+        try:
+            engine.wal.drain_wakeups()
+            durable = engine.wal.durable_seq
+            engine.gate.release(durable)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        if self._barriers:
+            keep = []
+            for target, fut in self._barriers:
+                if target <= durable:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((target, fut))
+            self._barriers[:] = keep
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = exc
+            log.error("the engine failed, stopping: %s", exc)
+            self.request_stop(f"failure: {exc}")
+        for fut in list(self._waiters.values()):
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"the engine failed: {exc}"))
+        self._waiters.clear()
+
+    async def _housekeeping_loop(self) -> None:
+        """Snapshots, control requests and releases even when no input arrives."""
+        while True:
+            await asyncio.sleep(self._housekeeping_s)
+            if not self._flush_scheduled:
+                self._flush()
+            self._on_durable()

@@ -1,0 +1,100 @@
+"""``evengine start`` with push sources: Kafka and/or the HTTP gateway, on one asyncio loop."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from engine.core.commands import AddSymbol
+
+from .engine import Engine
+from .runtime import EngineRuntime
+
+__all__ = ["serve", "parse_symbols"]
+
+log = logging.getLogger("evengine.serve")
+
+
+def parse_symbols(specs: list[str]) -> list[tuple[str, int]]:
+    """``["AAPL", "ES:25"]`` -> ``[("AAPL", 1), ("ES", 25)]`` (symbol, tick size in price units).
+
+    Raises:
+        ValueError: a tick size that is not a positive integer.
+    """
+    out = []
+    for spec in specs:
+        symbol, _, tick = spec.partition(":")
+        if not symbol:
+            raise ValueError(f"empty symbol in {spec!r}")
+        try:
+            tick_size = int(tick) if tick else 1
+        except ValueError:
+            raise ValueError(f"tick size of {spec!r} is not an integer") from None
+        if tick_size <= 0:
+            raise ValueError(f"tick size of {spec!r} must be positive")
+        out.append((symbol, tick_size))
+    return out
+
+
+async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[tuple[str, int]] = None,
+                token: Optional[str] = None, symbols: tuple = (), sinks: tuple = (),
+                on_ready: Optional[Any] = None) -> dict:
+    """Run an open engine until SIGTERM/SIGINT (or a failure).
+
+    Args:
+        engine: an open :class:`Engine` (closed by the caller afterwards).
+        kafka: an ``engine.io.kafka.KafkaConfig``: consume ``orders``, publish ``trades``.
+        http: ``(host, port)`` for the order gateway. Its order entry publishes
+            to ``orders`` when ``kafka`` is given, else feeds this engine directly.
+        token: bearer token for order entry (required when ``host`` is not loopback).
+        symbols: ``(symbol, tick_size)`` books to open at start if missing.
+        sinks: extra output-gate sinks ``sink(seq, cmd, events)``.
+        on_ready: called with a dict (``http_port``) once serving.
+
+    Returns:
+        Statistics of the Kafka bridge (empty without Kafka).
+    """
+    rt = EngineRuntime(engine)
+    await rt.start()
+    rt.install_signal_handlers()
+    for sink in sinks:
+        rt.add_sink(sink)
+    for symbol, tick_size in symbols:
+        if symbol not in engine.matcher.books:
+            rt.submit(AddSymbol.new(symbol, tick_size))
+    server = None
+    server_task = None
+    entry = None
+    info: dict = {}
+    if http is not None:
+        from engine.gateway import EmbeddedEntry, KafkaEntry, create_app, start_server
+        if kafka is not None:
+            entry = KafkaEntry(kafka.bootstrap, topic=kafka.orders_topic)
+            await entry.start()
+        else:
+            entry = EmbeddedEntry(rt)
+        app = create_app(entry, rt, token=token)
+        server, server_task, port = await start_server(app, http[0], http[1])
+        info["http_port"] = port
+        log.info("order gateway on http://%s:%d (OpenAPI at /docs)", http[0], port)
+    if on_ready is not None:
+        on_ready(info)
+    stats: dict = {}
+    try:
+        if kafka is not None:
+            from engine.io.kafka import KafkaBridge
+            bridge = KafkaBridge(rt, kafka)
+            await bridge.run()
+            stats = bridge.stats
+        else:
+            await rt.stopping.wait()
+    finally:
+        if server is not None:
+            server.should_exit = True
+            await server_task
+        if entry is not None and hasattr(entry, "stop"):
+            await entry.stop()
+        await rt.stop()
+    if rt.failed is not None:
+        raise rt.failed
+    return stats
