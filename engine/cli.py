@@ -86,7 +86,8 @@ def start(
     kafka: Optional[str] = typer.Option(None, "--kafka", help="Kafka bootstrap servers (host:port,...): consume orders, publish trades."),
     orders_topic: str = typer.Option("orders", help="Kafka topic of incoming orders."),
     trades_topic: str = typer.Option("trades", help="Kafka topic trades are published to."),
-    group: str = typer.Option("evengine", help="The engine's Kafka consumer group."),
+    group: str = typer.Option("evengine", help="Consumer group the engine commits its input offsets under (lag monitoring)."),
+    partitions: Optional[str] = typer.Option(None, help="The orders partitions this engine owns, e.g. 0,1 (default: all); one engine per shard."),
     http: Optional[str] = typer.Option(None, "--http", help="Serve the HTTP order gateway on HOST:PORT (e.g. 127.0.0.1:8080)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="EVENGINE_TOKEN", help="Bearer token for order entry; required when --http is not on a loopback address."),
     add_symbol: list[str] = typer.Option([], "--add-symbol", help="Open the book SYMBOL[:TICK_SIZE] at start if missing (repeatable; Kafka/HTTP mode)."),
@@ -104,7 +105,7 @@ def start(
         if source is not None:
             _fail("--source reads a file; it cannot be combined with --kafka or --http", 2)
         _start_service(data_dir, kafka=kafka, orders_topic=orders_topic, trades_topic=trades_topic, group=group,
-                       http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
+                       partitions=partitions, http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
                        snapshot_retain=snapshot_retain, segment_size_mb=segment_size_mb,
                        print_trades=print_trades, json_summary=json_summary)
         return
@@ -166,6 +167,7 @@ def _trade_printer() -> Any:
 
 
 def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, trades_topic: str, group: str,
+                   partitions: Optional[str],
                    http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
                    snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool) -> None:
     """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
@@ -192,7 +194,12 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
     kcfg = None
     if kafka is not None:
         from engine.io.kafka import KafkaConfig
-        kcfg = KafkaConfig(kafka, orders_topic=orders_topic, trades_topic=trades_topic, group_id=group)
+        try:
+            parts = [int(p) for p in partitions.split(",")] if partitions else None
+        except ValueError:
+            _fail(f"--partitions wants integers like 0,1, got {partitions!r}", 2)
+        kcfg = KafkaConfig(kafka, orders_topic=orders_topic, trades_topic=trades_topic, group_id=group,
+                           partitions=parts)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
                        segment_size_bytes=int(segment_size_mb * (1 << 20)))
     engine = Engine(cfg)

@@ -33,7 +33,8 @@ import time
 from collections import deque
 from typing import Any, Optional
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from engine.core.types import Kind
@@ -56,7 +57,12 @@ class KafkaConfig:
     Args:
         bootstrap: ``host:port[,host:port...]``.
         orders_topic / trades_topic: topic names.
-        group_id: the engine's consumer group (one engine per assigned set of partitions).
+        group_id: the consumer group the engine commits its offsets under (for
+            lag monitoring; the engine does not join the group: see ``partitions``).
+        partitions: the ``orders`` partitions this engine owns (its shard);
+            ``None``: all of them. Assignment is explicit, never by a group
+            rebalance: a partition's books live in one engine's WAL, so moving
+            the partition to another engine would lose them.
         max_records: records per fetch (one WAL frame at most per fetch).
         linger_ms: producer linger (batches trades into fewer requests).
         request_timeout_ms: producer and consumer request timeout.
@@ -64,12 +70,13 @@ class KafkaConfig:
     """
 
     def __init__(self, bootstrap: str, *, orders_topic: str = "orders", trades_topic: str = "trades",
-                 group_id: str = "evengine", max_records: int = 2000, linger_ms: int = 2,
+                 group_id: str = "evengine", partitions: Optional[list[int]] = None, max_records: int = 2000, linger_ms: int = 2,
                  request_timeout_ms: int = 10_000, outbox_max: int = 500_000) -> None:
         self.bootstrap = bootstrap
         self.orders_topic = orders_topic
         self.trades_topic = trades_topic
         self.group_id = group_id
+        self.partitions = partitions
         self.max_records = max_records
         self.linger_ms = linger_ms
         self.request_timeout_ms = request_timeout_ms
@@ -87,17 +94,6 @@ def read_published(data_dir: str, trades_topic: str) -> tuple[int, int]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return 0, 1
-
-
-class _Assign(ConsumerRebalanceListener):
-    def __init__(self, bridge: "KafkaBridge") -> None:
-        self.bridge = bridge
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.bridge._commit_offsets()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.bridge._seek_logged(assigned)
 
 
 class KafkaBridge:
@@ -124,6 +120,36 @@ class KafkaBridge:
         self._commit_due = 0.0
 
     # ------------------------------------------------------------------ in
+    async def _partitions(self) -> list[int]:
+        """The ``orders`` partitions to own; waits (logging) until the topic exists."""
+        cfg = self.cfg
+        warned = False
+        while not self.rt.stopping.is_set():
+            admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap, request_timeout_ms=cfg.request_timeout_ms)
+            try:
+                await admin.start()
+                try:
+                    (desc,) = await admin.describe_topics([cfg.orders_topic])
+                finally:
+                    await admin.close()
+                if desc["error_code"] == 0 and desc["partitions"]:
+                    existing = sorted(p["partition"] for p in desc["partitions"])
+                    if cfg.partitions is None:
+                        return existing
+                    missing = sorted(set(cfg.partitions) - set(existing))
+                    if not missing:
+                        return sorted(cfg.partitions)
+                    why = f"partition(s) {missing} of {cfg.orders_topic} do not exist (it has {existing})"
+                else:
+                    why = f"topic {cfg.orders_topic} does not exist (error code {desc['error_code']})"
+            except Exception as exc:  # noqa: BLE001 - unreachable broker and the like: retry
+                why = f"cannot reach Kafka at {cfg.bootstrap}: {exc}"
+            if not warned:
+                log.warning("%s; waiting", why)
+                warned = True
+            await asyncio.sleep(1.0)
+        return []
+
     def _seek_logged(self, assigned: Any) -> None:
         positions = self.rt.engine.matcher.positions
         for tp in assigned:
@@ -312,6 +338,7 @@ class KafkaBridge:
         saver = asyncio.create_task(self._watermark_loop(), name="evengine-kafka-watermark")
         cfg = self.cfg
         try:
+            parts = await self._partitions()
             while not rt.stopping.is_set():
                 self.consumer = AIOKafkaConsumer(
                     bootstrap_servers=cfg.bootstrap, group_id=cfg.group_id, enable_auto_commit=False,
@@ -320,10 +347,12 @@ class KafkaBridge:
                     max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
                 try:
                     await self.consumer.start()
-                    self.consumer.subscribe([cfg.orders_topic], listener=_Assign(self))
+                    assigned = [TopicPartition(cfg.orders_topic, p) for p in parts]
+                    self.consumer.assign(assigned)
+                    self._seek_logged(assigned)
                     break
-                except KafkaError as exc:
-                    log.warning("cannot reach Kafka at %s: %s; retrying", cfg.bootstrap, exc)
+                except Exception as exc:  # noqa: BLE001 - retry until reachable or stopped
+                    log.warning("cannot start the consumer on %s: %s; retrying", cfg.bootstrap, exc)
                     try:
                         await self.consumer.stop()
                     except Exception:  # noqa: BLE001

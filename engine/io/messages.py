@@ -24,7 +24,7 @@ import msgpack
 from engine.core.commands import AddSymbol, AmendOrder, BadInput, CancelOrder, Command, PlaceOrder
 
 __all__ = ["decode_order", "encode_order", "encode_trade", "decode_trade", "trade_message",
-           "SIDES", "ORDER_TYPES", "TIFS", "MAX_RAW_BYTES"]
+           "order_from_command", "SIDES", "ORDER_TYPES", "TIFS", "MAX_RAW_BYTES"]
 
 SIDES = {"buy": 1, "sell": 2}
 ORDER_TYPES = {"limit": 1, "market": 2}
@@ -121,6 +121,43 @@ def decode_order(value: Optional[bytes], *, source: str, offset: int, ts_ns: int
     if kind == "amend":
         return AmendOrder(4, ts, symbol, obj["order_id"], obj["price"], obj["qty"], source, offset)
     return AddSymbol(1, ts, symbol, obj.get("tick_size", 1), source, offset)
+
+
+_TYPE_NAMES = {v: k for k, v in ORDER_TYPES.items()}
+_TIF_NAMES = {v: k for k, v in TIFS.items()}
+
+
+def order_from_command(cmd: Any) -> dict:
+    """A command (``engine.core.commands``) as an ``orders`` object: the
+    inverse of :func:`decode_order` (``source`` and ``source_pos`` dropped:
+    Kafka gives them). For load generators and tests.
+
+    Raises:
+        ValueError: a ``BadInput`` (it is not an order).
+    """
+    kind = cmd[0]
+    if kind == 2:
+        order = {"type": "place", "symbol": cmd.symbol, "order_id": cmd.order_id,
+                 "side": SIDE_NAMES.get(cmd.side, cmd.side), "qty": cmd.qty, "ts_ns": cmd.ts_ns}
+        if cmd.order_type != 1:
+            order["order_type"] = _TYPE_NAMES.get(cmd.order_type, cmd.order_type)
+        else:
+            order["price"] = cmd.price
+        if cmd.tif != (2 if cmd.order_type == 2 else 1):
+            order["tif"] = _TIF_NAMES.get(cmd.tif, cmd.tif)
+        if cmd.post_only:
+            order["post_only"] = True
+        if cmd.account:
+            order["account"] = cmd.account
+        return order
+    if kind == 3:
+        return {"type": "cancel", "symbol": cmd.symbol, "order_id": cmd.order_id, "ts_ns": cmd.ts_ns}
+    if kind == 4:
+        return {"type": "amend", "symbol": cmd.symbol, "order_id": cmd.order_id, "price": cmd.price,
+                "qty": cmd.qty, "ts_ns": cmd.ts_ns}
+    if kind == 1:
+        return {"type": "add_symbol", "symbol": cmd.symbol, "tick_size": cmd.tick_size, "ts_ns": cmd.ts_ns}
+    raise ValueError(f"not an order: {cmd!r}")
 
 
 def encode_order(order: dict, fmt: str = "json") -> bytes:

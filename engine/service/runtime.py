@@ -65,6 +65,7 @@ class EngineRuntime:
 
     def __init__(self, engine: Engine, *, housekeeping_s: float = 0.05) -> None:
         self.engine = engine
+        self.commands = 0
         self._waiters: dict[int, asyncio.Future] = {}
         self._barriers: list[tuple[int, asyncio.Future]] = []
         self._flush_scheduled = False
@@ -128,6 +129,7 @@ class EngineRuntime:
         if self.failed is not None:
             raise RuntimeError(f"the engine failed: {self.failed}")
         out = self.engine.submit(cmd)
+        self.commands += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

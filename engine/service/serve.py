@@ -55,6 +55,7 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
         Statistics of the Kafka bridge (empty without Kafka).
     """
     rt = EngineRuntime(engine)
+    start_seq, start_match = engine.wal.next_seq, engine.matcher.match_sequence
     await rt.start()
     rt.install_signal_handlers()
     for sink in sinks:
@@ -95,6 +96,11 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
         if entry is not None and hasattr(entry, "stop"):
             await entry.stop()
         await rt.stop()
+        s = engine.summary
+        s.commands += rt.commands
+        s.events += engine.matcher.last_seq - start_seq + 1
+        s.trades += engine.matcher.match_sequence - start_match
+        s.stopped_by = rt.stop_reason or "stopped"
     if rt.failed is not None:
         raise rt.failed
     return stats

@@ -1,0 +1,153 @@
+"""Kafka test helpers: produce, read a topic to its end, run `evengine start --kafka` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from engine.core import Matcher
+from engine.io.messages import encode_order, order_from_command
+from engine.io.synthetic import SyntheticSource
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def synthetic_orders(n: int, seed: int, symbol: str = "SYN") -> list[bytes]:
+    """``n`` seeded commands (first an ``add_symbol``) as ``orders`` values."""
+    src = SyntheticSource(n, seed, symbol=symbol)
+    return [encode_order(order_from_command(c)) for c in src.commands(Matcher(), None)]
+
+
+def produce(boot: str, topic: str, values: Iterable[bytes], key: bytes = b"SYN",
+            partition: Optional[int] = None) -> list[int]:
+    """Produce ``values`` in order (idempotent producer); return their offsets."""
+    async def run() -> list[int]:
+        p = AIOKafkaProducer(bootstrap_servers=boot, enable_idempotence=True, linger_ms=5)
+        await p.start()
+        try:
+            futs = [await p.send(topic, v, key=key, partition=partition) for v in values]
+            return [(await f).offset for f in futs]
+        finally:
+            await p.stop()
+    return asyncio.run(run())
+
+
+async def partitions_of(boot: str, topic: str) -> list[int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+    admin = AIOKafkaAdminClient(bootstrap_servers=boot)
+    await admin.start()
+    try:
+        (desc,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert desc["error_code"] == 0, desc
+    return sorted(p["partition"] for p in desc["partitions"])
+
+
+def read_topic(boot: str, topic: str, timeout_s: float = 60.0) -> list:
+    """Every record of every partition of ``topic``, up to its end offsets now."""
+    async def run() -> list:
+        c = AIOKafkaConsumer(bootstrap_servers=boot, enable_auto_commit=False, isolation_level="read_committed")
+        await c.start()
+        try:
+            deadline = time.monotonic() + timeout_s
+            tps = [TopicPartition(topic, p) for p in await partitions_of(boot, topic)]
+            c.assign(tps)
+            end = await c.end_offsets(tps)
+            for tp in tps:
+                c.seek(tp, 0)
+            out = []
+            while True:
+                behind = [tp for tp in tps if await c.position(tp) < end[tp]]
+                if not behind:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"could not read {topic} to its end in {timeout_s} s")
+                batch = await c.getmany(timeout_ms=500)
+                for recs in batch.values():
+                    out.extend(r for r in recs if r.offset < end[TopicPartition(r.topic, r.partition)])
+            return out
+        finally:
+            await c.stop()
+    return asyncio.run(run())
+
+
+class EngineProcess:
+    """``evengine start --kafka ...`` as a real child process."""
+
+    def __init__(self, data_dir: Path, boot: str, orders: str, trades: str, *extra: str,
+                 env: Optional[dict] = None) -> None:
+        self.data_dir = data_dir
+        args = [sys.executable, "-m", "engine.cli", "start", "--kafka", boot, "--orders-topic", orders,
+                "--trades-topic", trades, "--data-dir", str(data_dir), "--group", f"g-{orders}",
+                "--json", "--snapshot-every", "0", *extra]
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=dict(os.environ, **(env or {})))
+        self.ready = json.loads(self._line(120.0))
+        assert self.ready.get("ready"), self.ready
+
+    def _line(self, timeout_s: float) -> str:
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout_s):
+            self.proc.kill()
+            raise AssertionError(f"engine said nothing in {timeout_s} s: {self.proc.stderr.read()[-3000:]}")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"engine exited {self.proc.wait()}: {self.proc.stderr.read()[-3000:]}")
+        return line
+
+    def status(self) -> dict:
+        from engine.service import request
+        return request(str(self.data_dir / "control.sock"), {"op": "status"}, 10.0)
+
+    def wait_position(self, source: str, offset: int, timeout_s: float = 60.0) -> dict:
+        """Poll the control socket until ``positions[source] >= offset`` and it is durable."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.status()
+            if st["positions"].get(source, -1) >= offset and st["durable_seq"] >= st["last_seq"]:
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"engine at {st['positions']} after {timeout_s} s, want {source} >= {offset}")
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = 60.0) -> dict:
+        """SIGTERM; wait; return the JSON summary."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=timeout_s)
+        assert self.proc.returncode == 0, err[-3000:]
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill(self) -> str:
+        """SIGKILL; return what it logged."""
+        self.proc.send_signal(signal.SIGKILL)
+        _, err = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == -signal.SIGKILL
+        return err
+
+
+def wal_trade_messages(data_dir: Path) -> dict[int, dict]:
+    """``{match_id: trades message}`` made from the WAL (what Kafka should hold)."""
+    from engine.io.messages import trade_message
+    from recovery.time_travel import open_data_dir
+    out = {}
+    cmd: Any = None
+    cmd_seq = 0
+    for seq, obj in open_data_dir(str(data_dir)).events():
+        if obj[0] < 64:
+            cmd, cmd_seq = obj, seq
+        elif obj[0] == 64:
+            assert obj.cmd_seq == cmd_seq
+            out[obj.match_id] = trade_message(seq, obj, cmd[-2], cmd[-1])
+    return out
