@@ -359,6 +359,11 @@ def lobster_check(
             typer.echo(f"{key}: {value}")
 
 
+from engine.consumers.cli import trades_consumer  # noqa: E402 - its own module, registered here
+
+app.command("trades-consumer")(trades_consumer)
+
+
 def main() -> None:
     app()
 

@@ -83,6 +83,33 @@ class KafkaConfig:
         self.outbox_max = outbox_max
 
 
+class _RateLimit(logging.Filter):
+    """Let each distinct aiokafka message template through at most once per
+    ``every_s``: with the broker down it logs every failed connect, tens per
+    second, which would drown the engine's own log."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.last: dict = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = (record.name, record.msg)
+        if now - self.last.get(key, -1e9) < self.every_s:
+            return False
+        self.last[key] = now
+        return True
+
+
+def quiet_aiokafka_logs(every_s: float = 10.0) -> None:
+    """Rate-limit aiokafka's log records (see :class:`_RateLimit`)."""
+    flt = _RateLimit(every_s)
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.cluster", "aiokafka.consumer.fetcher",
+                 "aiokafka.consumer.group_coordinator", "aiokafka.producer.sender", "aiokafka.producer.producer"):
+        logging.getLogger(name).addFilter(flt)
+
+
 def read_published(data_dir: str, trades_topic: str) -> tuple[int, int]:
     """``(match_id, cmd_seq)`` of the published watermark for ``trades_topic``
     (``(0, 1)`` when unknown: everything is published again)."""
@@ -262,10 +289,16 @@ class KafkaBridge:
         topic = self.cfg.trades_topic
         while True:
             try:
+                outbox = self.outbox
+                if not outbox:
+                    if self.rt.stopping.is_set():
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
                 if self.producer is None:
                     self.producer = await self._new_producer()
                     backoff = 0.1
-                outbox = self.outbox
                 while self._unsent < len(outbox):
                     entry = outbox[self._unsent]
                     entry[4] = await self.producer.send(topic, entry[3], key=entry[2])
@@ -329,6 +362,7 @@ class KafkaBridge:
     # ------------------------------------------------------------- lifecycle
     async def run(self, drain_timeout_s: float = 30.0) -> None:
         rt = self.rt
+        quiet_aiokafka_logs()
         self.stats["republished"] = self._republish_from_wal()
         if self.stats["republished"]:
             log.info("republishing %d trade(s) above the published watermark (match_id %d)",

@@ -90,7 +90,10 @@ class EngineProcess:
         args = [sys.executable, "-m", "engine.cli", "start", "--kafka", boot, "--orders-topic", orders,
                 "--trades-topic", trades, "--data-dir", str(data_dir), "--group", f"g-{orders}",
                 "--json", "--snapshot-every", "0", *extra]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # stderr to a file: a pipe nobody reads would fill and block the engine
+        self.log_path = data_dir.parent / f"{data_dir.name}-engine-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, env=dict(os.environ, **(env or {})))
         self.ready = json.loads(self._line(120.0))
         assert self.ready.get("ready"), self.ready
@@ -101,11 +104,14 @@ class EngineProcess:
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout_s):
             self.proc.kill()
-            raise AssertionError(f"engine said nothing in {timeout_s} s: {self.proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"engine said nothing in {timeout_s} s: {self.stderr()[-3000:]}")
         line = self.proc.stdout.readline()
         if not line:
-            raise AssertionError(f"engine exited {self.proc.wait()}: {self.proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"engine exited {self.proc.wait()}: {self.stderr()[-3000:]}")
         return line
+
+    def stderr(self) -> str:
+        return self.log_path.read_text()
 
     def status(self) -> dict:
         from engine.service import request
@@ -125,16 +131,16 @@ class EngineProcess:
     def stop(self, timeout_s: float = 60.0) -> dict:
         """SIGTERM; wait; return the JSON summary."""
         self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=timeout_s)
-        assert self.proc.returncode == 0, err[-3000:]
+        out, _ = self.proc.communicate(timeout=timeout_s)
+        assert self.proc.returncode == 0, self.stderr()[-3000:]
         return json.loads(out.strip().splitlines()[-1])
 
     def kill(self) -> str:
         """SIGKILL; return what it logged."""
         self.proc.send_signal(signal.SIGKILL)
-        _, err = self.proc.communicate(timeout=30)
+        self.proc.communicate(timeout=30)
         assert self.proc.returncode == -signal.SIGKILL
-        return err
+        return self.stderr()
 
 
 def wal_trade_messages(data_dir: Path) -> dict[int, dict]:
