@@ -90,6 +90,7 @@ def start(
     partitions: Optional[str] = typer.Option(None, help="The orders partitions this engine owns, e.g. 0,1 (default: all); one engine per shard."),
     http: Optional[str] = typer.Option(None, "--http", help="Serve the HTTP order gateway on HOST:PORT (e.g. 127.0.0.1:8080)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="EVENGINE_TOKEN", help="Bearer token for order entry; required when --http is not on a loopback address."),
+    pin_cpus: Optional[bool] = typer.Option(None, "--pin-cpus/--no-pin-cpus", help="Keep matching off the WAL syncer's CPU (default: on for a file source; off with --kafka/--http, where a broker or clients on the same machine need that CPU too)."),
     add_symbol: list[str] = typer.Option([], "--add-symbol", help="Open the book SYMBOL[:TICK_SIZE] at start if missing (repeatable; Kafka/HTTP mode)."),
 ) -> None:
     """Recover, then run the engine: on a file source to its end (exit 0 with
@@ -107,7 +108,7 @@ def start(
         _start_service(data_dir, kafka=kafka, orders_topic=orders_topic, trades_topic=trades_topic, group=group,
                        partitions=partitions, http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
                        snapshot_retain=snapshot_retain, segment_size_mb=segment_size_mb,
-                       print_trades=print_trades, json_summary=json_summary)
+                       print_trades=print_trades, json_summary=json_summary, pin_cpus=bool(pin_cpus))
         return
     if source is None:
         _fail("nothing to run: give --source FILE, --kafka BOOTSTRAP or --http HOST:PORT", 2)
@@ -116,7 +117,8 @@ def start(
     except ValueError as exc:
         _fail(str(exc), 2)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
-                       batch_max=batch_max, batch_linger_ms=batch_linger_ms, segment_size_bytes=int(segment_size_mb * (1 << 20)))
+                       batch_max=batch_max, batch_linger_ms=batch_linger_ms, segment_size_bytes=int(segment_size_mb * (1 << 20)),
+                       pin_cpus=True if pin_cpus is None else pin_cpus)
     engine = Engine(cfg)
     try:
         engine.open()
@@ -169,7 +171,8 @@ def _trade_printer() -> Any:
 def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, trades_topic: str, group: str,
                    partitions: Optional[str],
                    http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
-                   snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool) -> None:
+                   snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool,
+                   pin_cpus: bool) -> None:
     """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
     import asyncio
     from engine.service import Engine, EngineConfig, EngineLockedError
@@ -201,7 +204,8 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
         kcfg = KafkaConfig(kafka, orders_topic=orders_topic, trades_topic=trades_topic, group_id=group,
                            partitions=parts)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
-                       segment_size_bytes=int(segment_size_mb * (1 << 20)))
+                       segment_size_bytes=int(segment_size_mb * (1 << 20)),
+                       pin_cpus=bool(pin_cpus))
     engine = Engine(cfg)
     try:
         engine.open()
