@@ -145,7 +145,6 @@ class KafkaBridge:
         self._watermark_saved = self.published_match_id
         self.stats = {"orders": 0, "redelivered_skipped": 0, "trades_published": 0, "republished": 0,
                       "producer_restarts": 0}
-        self._commit_due = 0.0
 
     # ------------------------------------------------------------------ in
     async def _partitions(self) -> list[int]:
@@ -220,11 +219,15 @@ class KafkaBridge:
             if n:
                 rt._flush()   # one WAL frame per fetch
             await asyncio.sleep(0)
-            if time.monotonic() >= self._commit_due:
-                self._commit_due = time.monotonic() + 1.0
-                await self._commit_offsets()
 
-    async def _commit_offsets(self) -> None:
+    async def _commit_loop(self) -> None:
+        """Once a second, off the consume loop (a commit waits for the group
+        coordinator, which may be away)."""
+        while True:
+            await asyncio.sleep(1.0)
+            await self._commit_offsets()
+
+    async def _commit_offsets(self, timeout_s: float = 10.0) -> None:
         """Commit the group offsets of durable commands (monitoring only)."""
         if self.consumer is None:
             return
@@ -239,9 +242,9 @@ class KafkaBridge:
                 offsets[tp] = pos + 1
         if offsets:
             try:
-                await self.consumer.commit(offsets)
-            except KafkaError as exc:
-                log.info("offset commit failed (monitoring only): %s", exc)
+                await asyncio.wait_for(self.consumer.commit(offsets), timeout_s)
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                log.info("offset commit failed (monitoring only): %r", exc)
 
     # ----------------------------------------------------------------- out
     def _sink(self, seq: int, cmd: Any, events: list) -> None:
@@ -385,7 +388,7 @@ class KafkaBridge:
             self._save_watermark()
 
     # ------------------------------------------------------------- lifecycle
-    async def run(self, drain_timeout_s: float = 30.0) -> None:
+    async def run(self, drain_timeout_s: float = 10.0) -> None:
         rt = self.rt
         quiet_aiokafka_logs()
         self.stats["republished"] = self._republish_from_wal()
@@ -395,6 +398,7 @@ class KafkaBridge:
         rt.add_sink(self._sink)
         publisher = asyncio.create_task(self._publish(), name="evengine-kafka-publish")
         saver = asyncio.create_task(self._watermark_loop(), name="evengine-kafka-watermark")
+        committer = asyncio.create_task(self._commit_loop(), name="evengine-kafka-commit")
         cfg = self.cfg
         try:
             parts = await self._partitions()
@@ -430,7 +434,8 @@ class KafkaBridge:
                             "again at the next start", len(self.outbox))
             publisher.cancel()
             saver.cancel()
-            for task in (publisher, saver):
+            committer.cancel()
+            for task in (publisher, saver, committer):
                 try:
                     await task
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001
@@ -438,10 +443,10 @@ class KafkaBridge:
             self._retire_quietly()
             self._save_watermark()
             if self.consumer is not None:
-                await self._commit_offsets()
+                await self._commit_offsets(timeout_s=5.0)
                 try:
-                    await self.consumer.stop()
-                except Exception:  # noqa: BLE001
+                    await asyncio.wait_for(self.consumer.stop(), 10)
+                except Exception:  # noqa: BLE001 - stopping anyway
                     pass
             if self.producer is not None:
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional
 
 from engine.core.commands import AddSymbol
@@ -56,6 +57,7 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
     """
     rt = EngineRuntime(engine)
     start_seq, start_match = engine.wal.next_seq, engine.matcher.match_sequence
+    t0 = time.perf_counter()
     await rt.start()
     rt.install_signal_handlers()
     for sink in sinks:
@@ -101,6 +103,7 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
         s.events += engine.matcher.last_seq - start_seq + 1
         s.trades += engine.matcher.match_sequence - start_match
         s.stopped_by = rt.stop_reason or "stopped"
+        s.seconds = time.perf_counter() - t0
     if rt.failed is not None:
         raise rt.failed
     return stats

@@ -69,6 +69,18 @@ async def _create_topics(boot: str, names: list[str], partitions: int) -> None:
         await admin.close()
 
 
+@pytest.fixture(autouse=True)
+def _no_engine_left_behind():
+    """Kill any ``evengine start`` a test started and did not stop (a failed test)."""
+    from tests.support.kafka import EngineProcess
+    yield
+    for eng in EngineProcess.running:
+        if eng.proc.poll() is None:
+            eng.proc.kill()
+            eng.proc.wait(timeout=30)
+    EngineProcess.running.clear()
+
+
 @pytest.fixture
 def make_topics(kafka_bootstrap):
     """``make_topics(partitions=1, *bases) -> {base: unique topic name}``: fresh

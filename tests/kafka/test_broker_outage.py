@@ -80,3 +80,24 @@ def test_broker_down_then_back_loses_nothing(tmp_path, private_broker, how):
     assert cmds == offsets
     # every trade reached `trades` (some maybe twice), none lost
     assert_trades_topic_matches_wal(boot, trades, tmp_path / "d")
+
+
+def test_engine_stopped_while_the_broker_is_down_publishes_the_rest_at_next_start(tmp_path, private_broker):
+    """SIGTERM with the broker gone: the engine exits cleanly (bounded wait),
+    trades it could not get out stay above the published watermark, and the
+    next start publishes them again from the WAL."""
+    boot, env = private_broker
+    values = synthetic_orders(60_000, seed=12)
+    offsets = produce(boot, "orders", values)
+    eng = EngineProcess(tmp_path / "d", boot, "orders", "trades")
+    eng.wait_position("kafka:orders:0", 5000)
+    os.kill(_broker_pid(env), signal.SIGKILL)
+    summary = eng.stop(timeout_s=120)
+    assert summary["kafka"]["trades_published"] < summary["trades"]   # some never got out
+    subprocess.run([str(BROKER_SCRIPT), "resume"], env=env, check=True, capture_output=True, timeout=120)
+    eng = EngineProcess(tmp_path / "d", boot, "orders", "trades")
+    eng.wait_position("kafka:orders:0", offsets[-1], timeout_s=120)
+    second = eng.stop()
+    assert second["kafka"]["republished"] > 0
+    assert "republishing" in eng.stderr()
+    assert_trades_topic_matches_wal(boot, "trades", tmp_path / "d")

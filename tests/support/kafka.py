@@ -82,7 +82,11 @@ def read_topic(boot: str, topic: str, timeout_s: float = 60.0) -> list:
 
 
 class EngineProcess:
-    """``evengine start --kafka ...`` as a real child process."""
+    """``evengine start --kafka ...`` as a real child process. Every instance
+    is remembered in :attr:`running` so a fixture can kill what a failed test
+    left behind."""
+
+    running: list = []
 
     def __init__(self, data_dir: Path, boot: str, orders: str, trades: str, *extra: str,
                  env: Optional[dict] = None) -> None:
@@ -95,6 +99,7 @@ class EngineProcess:
         self._log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, env=dict(os.environ, **(env or {})))
+        EngineProcess.running.append(self)
         self.ready = json.loads(self._line(120.0))
         assert self.ready.get("ready"), self.ready
 
