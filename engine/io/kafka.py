@@ -191,9 +191,9 @@ class KafkaBridge:
     async def _consume(self) -> None:
         rt = self.rt
         positions = rt.engine.matcher.positions
-        submit = rt.submit
+        submit = rt.engine.submit    # the runtime's own submit adds nothing a fetch loop needs
         consumer = self.consumer
-        while not rt.stopping.is_set():
+        while not rt.stopping.is_set() and rt.failed is None:
             if len(self.outbox) > self.cfg.outbox_max:
                 await asyncio.sleep(0.01)     # back-pressure: Kafka is not taking our trades
                 continue
@@ -217,6 +217,7 @@ class KafkaBridge:
                     n += 1
             self.stats["orders"] += n
             if n:
+                rt.commands += n
                 rt._flush()   # one WAL frame per fetch
             await asyncio.sleep(0)
 

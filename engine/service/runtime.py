@@ -162,6 +162,8 @@ class EngineRuntime:
         self.engine.add_sink(sink)
 
     def _resolve(self, seq: int, cmd: Any, events: list) -> None:
+        if not self._waiters:
+            return
         fut = self._waiters.pop(seq, None)
         if fut is not None and not fut.done():
             fut.set_result(CommandResult(seq, cmd, events, self.engine.wal.peek_durable()))

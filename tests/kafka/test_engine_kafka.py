@@ -96,7 +96,9 @@ def test_malformed_messages_are_rejected_with_a_reason_and_the_engine_goes_on(tm
         (encode_order({"type": "place", "symbol": "X", "order_id": 6, "side": "buy", "price": 101,
                        "qty": 1}), RejectReason.PRICE_OFF_TICK),
         (encode_order({"type": "place", "symbol": "X", "order_id": 7, "side": "buy", "price": 2 ** 80,
-                       "qty": 1}), RejectReason.MALFORMED),            # beyond 64 bits: BadInput
+                       "qty": 1}), RejectReason.INVALID_PRICE),        # beyond 64 bits: parsed as a float
+        (msgpack.packb({"type": "place", "symbol": "X", "order_id": 2 ** 64 - 1, "side": "buy", "price": 100,
+                        "qty": 1}), RejectReason.INVALID_ORDER_ID),    # a uint64 beyond int64
         (encode_order({"type": "place", "symbol": "NOPE", "order_id": 8, "side": "buy", "price": 100,
                        "qty": 1}), RejectReason.UNKNOWN_SYMBOL),
         (encode_order({"type": "cancel", "symbol": "X", "order_id": 999}), RejectReason.UNKNOWN_ORDER),
