@@ -13,7 +13,8 @@ import pytest
 from engine.core.types import RejectReason
 from engine.io.messages import decode_trade, encode_order
 from recovery.time_travel import open_data_dir
-from tests.support.kafka import EngineProcess, produce, read_topic, synthetic_orders, wal_trade_messages
+from tests.support.kafka import (EngineProcess, produce, read_topic, synthetic_orders, trade_history_equals_wal,
+                                 wal_trade_messages)
 
 
 def published(boot: str, topic: str) -> list[dict]:
@@ -166,3 +167,8 @@ def test_sigkill_while_orders_stream_in_applies_each_order_exactly_once(tmp_path
     clean.wait_position(f"kafka:{t['orders']}:0", offsets[-1], timeout_s=120)
     assert clean.stop()["state_hash"] == summary["state_hash"]
     assert_trades_topic_matches_wal(kafka_bootstrap, t["trades"], data)
+    # repeats on `trades` (republished after kills) are stored once
+    repeats = len(read_topic(kafka_bootstrap, t["trades"])) - summary["match_sequence"]
+    assert repeats > 0
+    n = trade_history_equals_wal(kafka_bootstrap, t["trades"], tmp_path / "th.sqlite", data, tmp_path / "th.log")
+    assert n == summary["match_sequence"]

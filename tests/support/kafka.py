@@ -162,3 +162,42 @@ def wal_trade_messages(data_dir: Path) -> dict[int, dict]:
             assert obj.cmd_seq == cmd_seq
             out[obj.match_id] = trade_message(seq, obj, cmd[-2], cmd[-1])
     return out
+
+
+def trade_history_equals_wal(boot: str, topic: str, db: Path, data_dir: Path, log_path: Path,
+                             timeout_s: float = 120.0) -> int:
+    """Run ``evengine trades-consumer`` on ``topic`` until its SQLite file holds
+    as many trades as the WAL, stop it, and assert the rows equal the WAL's
+    trades, each once. Returns the number of trades."""
+    import sqlite3
+    wal = wal_trade_messages(data_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "trades-consumer", "--kafka", boot, "--topic", topic,
+                             "--group", f"th-{topic}-{time.monotonic_ns()}", "--db", str(db),
+                             "--data-dir", str(data_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=open(log_path, "w"))
+    try:
+        def stored() -> int:
+            if not db.exists():
+                return 0
+            with sqlite3.connect(db) as con:
+                try:
+                    return con.execute("SELECT count(*) FROM trades").fetchone()[0]
+                except sqlite3.OperationalError:
+                    return 0
+        deadline = time.monotonic() + timeout_s
+        while stored() < len(wal):
+            assert time.monotonic() < deadline, f"consumer stored {stored()} of {len(wal)} trades"
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+    with sqlite3.connect(db) as con:
+        con.row_factory = sqlite3.Row
+        rows = {r["match_id"]: dict(r) for r in con.execute("SELECT * FROM trades")}
+    assert sorted(rows) == sorted(wal)
+    for match_id, msg in wal.items():
+        assert rows[match_id] == {**{k: v for k, v in msg.items() if k != "input"},
+                                  "input_source": msg["input"]["source"], "input_offset": msg["input"]["offset"]}
+    return len(wal)
