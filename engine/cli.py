@@ -229,6 +229,52 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
 
 
 @app.command()
+def gateway(
+    kafka: str = typer.Option(..., "--kafka", help="Kafka bootstrap servers: orders are published there."),
+    orders_topic: str = typer.Option("orders", help="Kafka topic of incoming orders."),
+    http: str = typer.Option("127.0.0.1:8080", "--http", help="HOST:PORT to serve on (port 0: any free port)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EVENGINE_TOKEN", help="Bearer token for order entry; required when not bound to a loopback address."),
+    verbose: bool = typer.Option(True, help="Log to stderr."),
+) -> None:
+    """The HTTP order gateway alone, in front of Kafka: each order is validated,
+    published to the orders topic (keyed by symbol) and answered 202 with its
+    partition and offset once the broker acknowledged it. Book and trade reads
+    need an engine: `evengine start --kafka ... --http ...` serves those.
+    Prints one JSON line {"ready": true, "http_port": N} once listening."""
+    import asyncio
+    _setup_logging(verbose)
+    from engine.gateway import EntryUnavailable, GatewayServer, KafkaEntry, check_bind, create_app
+    host, _, port = http.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--http wants HOST:PORT, got {http!r}", 2)
+    try:
+        check_bind(host, token)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+
+    async def run() -> None:
+        import signal as _signal
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (_signal.SIGTERM, _signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        entry = KafkaEntry(kafka, topic=orders_topic)
+        try:
+            await entry.start()
+        except EntryUnavailable as exc:   # it connects on the first order; until then orders get 503
+            logging.getLogger("evengine.gateway").warning("%s", exc)
+        try:
+            server = GatewayServer(create_app(entry, None, token=token), host, int(port))
+            await server.start()
+            print(json.dumps({"ready": True, "http_port": server.port}), flush=True)
+            await stop.wait()
+            await server.stop()
+        finally:
+            await entry.stop()
+    asyncio.run(run())
+
+
+@app.command()
 def snapshot(
     now: bool = typer.Option(False, "--now", help="Ask the running engine for a snapshot now and wait for it."),
     data_dir: str = DataDir,

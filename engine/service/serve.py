@@ -66,20 +66,22 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
         if symbol not in engine.matcher.books:
             rt.submit(AddSymbol.new(symbol, tick_size))
     server = None
-    server_task = None
     entry = None
     info: dict = {}
     if http is not None:
-        from engine.gateway import EmbeddedEntry, KafkaEntry, create_app, start_server
+        from engine.gateway import EmbeddedEntry, EntryUnavailable, GatewayServer, KafkaEntry, create_app
         if kafka is not None:
             entry = KafkaEntry(kafka.bootstrap, topic=kafka.orders_topic)
-            await entry.start()
+            try:
+                await entry.start()
+            except EntryUnavailable as exc:   # it connects on the first order; until then orders get 503
+                log.warning("order gateway: %s", exc)
         else:
             entry = EmbeddedEntry(rt)
-        app = create_app(entry, rt, token=token)
-        server, server_task, port = await start_server(app, http[0], http[1])
-        info["http_port"] = port
-        log.info("order gateway on http://%s:%d (OpenAPI at /docs)", http[0], port)
+        server = GatewayServer(create_app(entry, rt, token=token), http[0], http[1])
+        await server.start()
+        info["http_port"] = server.port
+        log.info("order gateway on http://%s:%d (OpenAPI at /docs)", http[0], server.port)
     if on_ready is not None:
         on_ready(info)
     stats: dict = {}
@@ -93,8 +95,7 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
             await rt.stopping.wait()
     finally:
         if server is not None:
-            server.should_exit = True
-            await server_task
+            await server.stop()
         if entry is not None and hasattr(entry, "stop"):
             await entry.stop()
         await rt.stop()

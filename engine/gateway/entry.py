@@ -1,0 +1,316 @@
+"""Order entry backends of the HTTP gateway: one interface, two ways in.
+
+Both take an order in the ``orders`` message format of ``engine/io/MESSAGES.md``
+(a dict with ``type`` = ``place`` / ``cancel`` / ``amend`` / ``add_symbol`` and
+the fields of that table, value names ``"buy"``/``"sell"``, ``"limit"``/
+``"market"``, ``"gtc"``/``"ioc"``/``"fok"``) and give back an
+:class:`EntryAnswer` (an HTTP status and a JSON body):
+
+- :class:`EmbeddedEntry` matches the order in this process: it builds the
+  command and ``await``s :meth:`EngineRuntime.execute`, so it answers only
+  after the WAL fsync that made the command, its trades or its reject durable.
+- :class:`KafkaEntry` publishes the order to the ``orders`` topic for an engine
+  that consumes it, and answers once the broker acknowledged the record
+  (``acks="all"``, idempotent producer): 202, ``"queued"``.
+
+Units as everywhere in evengine: prices in price units (integer multiples of
+the book's ``tick_size``), quantities in lots, times in ns since the epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple, Optional
+
+from engine.core.commands import AddSymbol, AmendOrder, CancelOrder, Command, PlaceOrder
+from engine.core.types import Kind, RejectReason
+from engine.io.messages import ORDER_TYPES, SIDES, TIFS, encode_order
+
+__all__ = ["OrderEntry", "EmbeddedEntry", "KafkaEntry", "EntryAnswer", "EntryUnavailable", "OrderIds",
+           "command_from_order", "answer_from_result", "reject_status"]
+
+log = logging.getLogger("evengine.gateway")
+
+_TRADE = Kind.TRADE.value
+_REJECTED = Kind.REJECTED.value
+_RESTED = Kind.RESTED.value
+_CANCELLED = Kind.CANCELLED.value
+_AMENDED = Kind.AMENDED.value
+_SYMBOL_ADDED = Kind.SYMBOL_ADDED.value
+
+
+class EntryAnswer(NamedTuple):
+    """What the gateway answers: ``status_code`` (HTTP) and ``body`` (JSON-able dict)."""
+
+    status_code: int
+    body: dict
+
+
+class EntryUnavailable(Exception):
+    """The backend cannot take orders now (the engine stopped or failed, the
+    Kafka broker is unreachable or did not acknowledge in time). HTTP 503."""
+
+
+class OrderIds:
+    """Order ids the gateway assigns when the client sends none.
+
+    Each id is ``max(time_ns() // 1000, last + 1)``: strictly increasing, and
+    above any id a previous gateway process assigned as long as it assigned
+    fewer than one per microsecond on average. Ids a client picks itself are
+    not coordinated with these: a collision with a live order is rejected by
+    the engine (``DUPLICATE_ORDER_ID``).
+    """
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last = max(time.time_ns() // 1000, self.last + 1)
+        return self.last
+
+
+def command_from_order(order: dict, ts_ns: int) -> Command:
+    """The command for one order dict (``orders`` message format, already
+    validated: names known, numbers integers), stamped ``ts_ns``, with
+    ``source=None, source_pos=None`` (an HTTP order has no input position).
+
+    Raises:
+        ValueError: unknown ``type``.
+    """
+    kind = order["type"]
+    if kind == "place":
+        order_type = ORDER_TYPES[order.get("order_type", "limit")]
+        tif = TIFS[order.get("tif", "ioc" if order_type == 2 else "gtc")]
+        return PlaceOrder.new(order["symbol"], order["order_id"], SIDES[order["side"]], order.get("price", 0),
+                              order["qty"], order_type=order_type, tif=tif,
+                              post_only=order.get("post_only", False), account=order.get("account", 0),
+                              ts_ns=ts_ns)
+    if kind == "cancel":
+        return CancelOrder.new(order["symbol"], order["order_id"], ts_ns=ts_ns)
+    if kind == "amend":
+        return AmendOrder.new(order["symbol"], order["order_id"], order["price"], order["qty"], ts_ns=ts_ns)
+    if kind == "add_symbol":
+        return AddSymbol.new(order["symbol"], order.get("tick_size", 1), ts_ns=ts_ns)
+    raise ValueError(f"unknown order type {kind!r} (known: place, cancel, amend, add_symbol)")
+
+
+def reject_status(code: int) -> int:
+    """HTTP status of a matcher reject: 422 for a malformed field (1xx codes),
+    409 for a conflict with the engine's state or the order's own
+    instructions (2xx, 3xx: unknown symbol, duplicate order id, unknown
+    order, post-only would take)."""
+    return 422 if 100 <= code < 200 else 409
+
+
+def answer_from_result(order: dict, seq: int, durable_seq: int, events: list) -> EntryAnswer:
+    """The HTTP answer for a command that is durable.
+
+    Body::
+
+        {"seq": int,               # the command's sequence number in the WAL
+         "durable_seq": int,       # the WAL watermark when it was answered (>= every seq here)
+         "symbol": str, "order_id": int | None,
+         "status": "resting" | "filled" | "partially_filled" | "cancelled" | "amended"
+                   | "added" | "rejected",
+         "fills": [{"seq", "match_id", "price", "qty", "maker_order_id", "symbol_seq"}, ...],
+         "filled_qty": int,        # lots filled by this command (the order is the taker)
+         "leaves_qty": int,        # lots of the order left resting on the book
+         "cancelled_qty": int,     # lots that left the book unfilled (IOC/FOK/market rest, a cancel)
+         "reject": {"code": int, "reason": RejectReason name, "detail": str} | None}
+
+    ``status`` of a place: ``filled`` (all of ``qty``), ``partially_filled``
+    (some; the rest rests or, IOC/market, was cancelled), ``resting``
+    (nothing filled, all rests), ``cancelled`` (nothing filled, nothing
+    rests: IOC/FOK/market without liquidity). A cancel is ``cancelled``, an
+    amend ``amended`` (it may also fill if its new price crosses), an
+    add-symbol ``added``. Status code 200, or :func:`reject_status` for a reject.
+    """
+    kind = order["type"]
+    fills: list = []
+    filled = leaves = cancelled = 0
+    rested = False
+    reject: Optional[dict] = None
+    k = 0
+    for ev in events:
+        ek = ev[0]
+        if ek == _TRADE:
+            k += 1
+            fills.append({"seq": seq + k, "match_id": ev.match_id, "price": ev.price, "qty": ev.qty,
+                          "maker_order_id": ev.maker_order_id, "symbol_seq": ev.symbol_seq})
+            filled += ev.qty
+        elif ek == _REJECTED:
+            try:
+                name = RejectReason(ev.reason).name
+            except ValueError:
+                name = str(ev.reason)
+            reject = {"code": ev.reason, "reason": name, "detail": ev.detail}
+        elif ek == _RESTED:
+            rested = True
+            leaves = ev.leaves_qty
+        elif ek == _CANCELLED:
+            cancelled += ev.cancelled_qty
+        elif ek == _AMENDED and ev.priority_kept:
+            rested = True
+            leaves = ev.leaves_qty
+    if reject is not None:
+        status = "rejected"
+    elif kind == "cancel":
+        status = "cancelled"
+    elif kind == "amend":
+        status = "amended"
+    elif kind == "add_symbol":
+        status = "added"
+    elif filled and filled >= order["qty"]:
+        status = "filled"
+    elif filled:
+        status = "partially_filled"
+    elif rested:
+        status = "resting"
+    else:
+        status = "cancelled"
+    body = {"seq": seq, "durable_seq": durable_seq, "symbol": order.get("symbol"), "order_id": order.get("order_id"),
+            "status": status, "fills": fills, "filled_qty": filled, "leaves_qty": leaves,
+            "cancelled_qty": cancelled, "reject": reject}
+    if kind == "add_symbol":
+        body["tick_size"] = order.get("tick_size", 1)
+    return EntryAnswer(200 if reject is None else reject_status(reject["code"]), body)
+
+
+class OrderEntry(ABC):
+    """Where the gateway sends orders. ``name``: ``"embedded"`` or ``"kafka"``."""
+
+    name = "entry"
+
+    async def start(self) -> None:
+        """Connect (if there is anything to connect to).
+
+        Raises:
+            EntryUnavailable: the backend is not reachable now.
+        """
+
+    async def stop(self) -> None:
+        """Release connections; pending sends are finished or failed first."""
+
+    @abstractmethod
+    async def submit(self, order: dict) -> EntryAnswer:
+        """Send one order (``orders`` message format) and answer for it.
+
+        Raises:
+            EntryUnavailable: it could not be sent (HTTP 503).
+        """
+
+
+class EmbeddedEntry(OrderEntry):
+    """Orders matched in this process by an :class:`EngineRuntime`, answered
+    after the fsync (:func:`answer_from_result`). The runtime's lifecycle is
+    the caller's: :meth:`start` and :meth:`stop` do nothing.
+
+    Args:
+        runtime: a started ``engine.service.runtime.EngineRuntime``.
+    """
+
+    name = "embedded"
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    async def submit(self, order: dict) -> EntryAnswer:
+        cmd = command_from_order(order, time.time_ns())
+        try:
+            result = await self.runtime.execute(cmd)
+        except RuntimeError as exc:   # the engine stopped or failed before the command was durable
+            raise EntryUnavailable(str(exc)) from None
+        return answer_from_result(order, result.seq, result.durable_seq, result.events)
+
+
+def _describe(exc: BaseException) -> str:
+    """``"KafkaConnectionError: Unable to bootstrap ..."``, without the name twice."""
+    name, text = type(exc).__name__, str(exc)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+class KafkaEntry(OrderEntry):
+    """Orders published to the ``orders`` topic (``engine/io/MESSAGES.md``),
+    keyed by symbol (UTF-8) so one symbol's orders stay in order on one
+    partition. No ``ts_ns`` is sent: the engine stamps the record's Kafka
+    timestamp.
+
+    An idempotent producer with ``acks="all"``: an answer means every in-sync
+    replica has the record. :meth:`submit` answers 202::
+
+        {"status": "queued", "topic": str, "partition": int, "offset": int,
+         "type": str, "symbol": str, "order_id": int | None}
+
+    The producer connects in :meth:`start`, or on the first order if that
+    failed (the gateway keeps serving; orders answer 503 until the broker is
+    reachable).
+
+    Args:
+        bootstrap: ``host:port[,host:port...]`` of the brokers.
+        topic: the ``orders`` topic.
+        request_timeout_ms: bound on connecting and on each acknowledgement.
+            A send that times out has an unknown outcome (the broker may still
+            append it): the client may look for it, or send it again with the
+            same ``order_id`` (a duplicate of a live order is rejected).
+    """
+
+    name = "kafka"
+
+    def __init__(self, bootstrap: str, topic: str = "orders", *, request_timeout_ms: int = 5000) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.request_timeout_ms = request_timeout_ms
+        self._producer: Any = None
+        self._lock: Optional[asyncio.Lock] = None
+
+    async def start(self) -> None:
+        await self._ensure_producer()
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def _ensure_producer(self) -> Any:
+        if self._producer is not None:
+            return self._producer
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._producer is not None:
+                return self._producer
+            from aiokafka import AIOKafkaProducer
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all",
+                                        request_timeout_ms=self.request_timeout_ms)
+            try:
+                await asyncio.wait_for(producer.start(), self.request_timeout_ms / 1000)
+            except (Exception, asyncio.TimeoutError) as exc:   # noqa: BLE001 - aiokafka raises several types
+                try:
+                    await producer.stop()
+                except Exception:  # noqa: BLE001 - the connect error is the one to report
+                    pass
+                raise EntryUnavailable(f"Kafka broker at {self.bootstrap} is unreachable: {_describe(exc)}") from None
+            self._producer = producer
+            return producer
+
+    async def submit(self, order: dict) -> EntryAnswer:
+        producer = await self._ensure_producer()
+        from aiokafka.errors import KafkaError
+        try:
+            meta = await asyncio.wait_for(
+                producer.send_and_wait(self.topic, encode_order(order), key=order["symbol"].encode("utf-8")),
+                self.request_timeout_ms / 1000 + 1)
+        except asyncio.TimeoutError:
+            raise EntryUnavailable(f"Kafka broker at {self.bootstrap} did not acknowledge the order within "
+                                   f"{self.request_timeout_ms} ms (it may still be appended)") from None
+        except KafkaError as exc:
+            raise EntryUnavailable(f"Kafka broker at {self.bootstrap} refused or lost the order: "
+                                   f"{_describe(exc)}") from None
+        return EntryAnswer(202, {"status": "queued", "topic": meta.topic, "partition": meta.partition,
+                                 "offset": meta.offset, "type": order["type"], "symbol": order["symbol"],
+                                 "order_id": order.get("order_id")})
