@@ -39,7 +39,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.errors import KafkaError
 
 from engine.core.types import Kind
-from engine.io.messages import decode_order, encode_trade
+from engine.io.messages import _decode, encode_trade
 from engine.service.runtime import EngineRuntime
 from eventstore.fsio import atomic_write
 
@@ -192,6 +192,7 @@ class KafkaBridge:
         rt = self.rt
         positions = rt.engine.matcher.positions
         submit = rt.engine.submit    # the runtime's own submit adds nothing a fetch loop needs
+        decode = _decode
         consumer = self.consumer
         while not rt.stopping.is_set() and rt.failed is None:
             if len(self.outbox) > self.cfg.outbox_max:
@@ -211,8 +212,7 @@ class KafkaBridge:
                     if rec.offset <= last:
                         self.stats["redelivered_skipped"] += 1
                         continue
-                    submit(decode_order(rec.value, source=source, offset=rec.offset,
-                                        ts_ns=rec.timestamp * 1_000_000))
+                    submit(decode(rec.value, source, rec.offset, rec.timestamp * 1_000_000))
                     last = rec.offset
                     n += 1
             self.stats["orders"] += n

@@ -76,7 +76,7 @@ class EngineRuntime:
         self.stopping = asyncio.Event()
         self.stop_reason: Optional[str] = None
         self.failed: Optional[BaseException] = None
-        engine.add_sink(self._resolve)
+        self._resolving = False   # the result sink is added on the first execute()
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -139,6 +139,9 @@ class EngineRuntime:
     async def execute(self, cmd: Command) -> CommandResult:
         """Submit ``cmd`` and wait until it and every event it caused are on
         disk. Raises ``RuntimeError`` if the engine stops or fails first."""
+        if not self._resolving:
+            self._resolving = True
+            self.engine.add_sink(self._resolve)
         fut = self._loop.create_future()
         self._waiters[self.engine.wal.next_seq] = fut
         self.submit(cmd)
