@@ -25,9 +25,10 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Optional
 
-from engine.core.commands import AddSymbol, AmendOrder, CancelOrder, Command, PlaceOrder
+from engine.core.commands import Command
 from engine.core.types import Kind, RejectReason
-from engine.io.messages import ORDER_TYPES, SIDES, TIFS, encode_order
+from engine.io import messages
+from engine.io.messages import encode_order
 
 __all__ = ["OrderEntry", "EmbeddedEntry", "KafkaEntry", "EntryAnswer", "EntryUnavailable", "OrderIds",
            "command_from_order", "answer_from_result", "reject_status"]
@@ -76,25 +77,15 @@ def command_from_order(order: dict, ts_ns: int) -> Command:
     """The command for one order dict (``orders`` message format, already
     validated: names known, numbers integers), stamped ``ts_ns``, with
     ``source=None, source_pos=None`` (an HTTP order has no input position).
+    The same mapping as the Kafka path (``engine.io.messages.command_from_order``).
 
     Raises:
-        ValueError: unknown ``type``.
+        ValueError: not an order (unknown ``type``, missing or unknown fields).
     """
-    kind = order["type"]
-    if kind == "place":
-        order_type = ORDER_TYPES[order.get("order_type", "limit")]
-        tif = TIFS[order.get("tif", "ioc" if order_type == 2 else "gtc")]
-        return PlaceOrder.new(order["symbol"], order["order_id"], SIDES[order["side"]], order.get("price", 0),
-                              order["qty"], order_type=order_type, tif=tif,
-                              post_only=order.get("post_only", False), account=order.get("account", 0),
-                              ts_ns=ts_ns)
-    if kind == "cancel":
-        return CancelOrder.new(order["symbol"], order["order_id"], ts_ns=ts_ns)
-    if kind == "amend":
-        return AmendOrder.new(order["symbol"], order["order_id"], order["price"], order["qty"], ts_ns=ts_ns)
-    if kind == "add_symbol":
-        return AddSymbol.new(order["symbol"], order.get("tick_size", 1), ts_ns=ts_ns)
-    raise ValueError(f"unknown order type {kind!r} (known: place, cancel, amend, add_symbol)")
+    cmd = messages.command_from_order(order, ts_ns=ts_ns)
+    if cmd[0] == Kind.BAD_INPUT.value:
+        raise ValueError(cmd.error)
+    return cmd
 
 
 def reject_status(code: int) -> int:

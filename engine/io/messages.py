@@ -24,7 +24,7 @@ import orjson
 
 from engine.core.commands import AddSymbol, AmendOrder, BadInput, CancelOrder, Command, PlaceOrder
 
-__all__ = ["decode_order", "encode_order", "encode_trade", "decode_trade", "trade_message",
+__all__ = ["decode_order", "command_from_order", "encode_order", "encode_trade", "decode_trade", "trade_message",
            "order_from_command", "SIDES", "ORDER_TYPES", "TIFS", "MAX_RAW_BYTES"]
 
 SIDES = {"buy": 1, "sell": 2}
@@ -51,6 +51,11 @@ def _raw(value: bytes) -> Any:
         return cut.decode("utf-8")
     except UnicodeDecodeError:
         return bytes(cut)
+
+
+def _keep(raw: Any) -> Any:
+    """What a BadInput keeps: :func:`_raw` of bytes, a parsed object as is."""
+    return _raw(raw) if isinstance(raw, (bytes, bytearray)) else raw
 
 
 def _parse(value: bytes) -> tuple[Optional[dict], str]:
@@ -107,20 +112,34 @@ def _decode(value: Optional[bytes], source: str, offset: int, ts_ns: int) -> Com
         obj, error = _parse(value)
         if obj is None:
             return BadInput.new(_raw(value), error, ts_ns=ts_ns, source=source, source_pos=offset)
+    return _command(obj, value, source, offset, ts_ns)
+
+
+def command_from_order(order: dict, *, ts_ns: int, source: Optional[str] = None,
+                       source_pos: Optional[int] = None) -> Command:
+    """An order object (already parsed: the fields of MESSAGES.md) -> its
+    command, by the same rules as :func:`decode_order` (a ``BadInput`` holding
+    the object when it is not an order). For the HTTP gateway, whose orders
+    arrive as JSON bodies rather than Kafka records."""
+    return _command(order, order, source, source_pos, ts_ns)
+
+
+def _command(obj: dict, raw: Any, source: Optional[str], offset: Optional[int], ts_ns: int) -> Command:
+    """``obj`` (a parsed order) -> command; ``raw`` is what a ``BadInput`` keeps."""
     kind = obj.get("type")
     spec = _FIELDS.get(kind) if type(kind) is str else None
     if spec is None:
-        return BadInput.new(_raw(value), f"unknown type {kind!r} (known: {', '.join(_FIELDS)})",
+        return BadInput.new(_keep(raw), f"unknown type {kind!r} (known: {', '.join(_FIELDS)})",
                             ts_ns=ts_ns, source=source, source_pos=offset)
     required, allowed = spec
     keys = obj.keys()
     if not (required <= keys and keys <= allowed):   # C-level set tests on the key view
         missing = required - keys
         if missing:
-            return BadInput.new(_raw(value), f"{kind}: missing field(s) {', '.join(sorted(missing))}",
+            return BadInput.new(_keep(raw), f"{kind}: missing field(s) {', '.join(sorted(missing))}",
                                 ts_ns=ts_ns, source=source, source_pos=offset)
         unknown = keys - allowed
-        return BadInput.new(_raw(value), f"{kind}: unknown field(s) {', '.join(sorted(map(str, unknown)))}",
+        return BadInput.new(_keep(raw), f"{kind}: unknown field(s) {', '.join(sorted(map(str, unknown)))}",
                             ts_ns=ts_ns, source=source, source_pos=offset)
     ts = obj.get("ts_ns", ts_ns)
     symbol = obj["symbol"]
