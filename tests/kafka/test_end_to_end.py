@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from engine.core import Matcher
 from engine.io.messages import order_from_command
 from engine.io.synthetic import SyntheticSource
 from recovery.time_travel import open_data_dir
-from tests.support.kafka import ROOT, EngineProcess, wal_trade_messages
+from tests.support.kafka import (ROOT, EngineProcess, assert_trade_history_equals_wal, stored_trades,
+                                 wal_trade_messages)
 
 
 def _start(args: list[str], log_path) -> tuple[subprocess.Popen, dict]:
@@ -83,24 +83,12 @@ def test_http_to_kafka_to_engine_to_trade_history(tmp_path, kafka_bootstrap, mak
         wal = wal_trade_messages(data)
         assert len(wal) == summary["trades"]
 
-        def stored() -> int:
-            if not db.exists():
-                return 0
-            with sqlite3.connect(db) as con:
-                return con.execute("SELECT count(*) FROM trades").fetchone()[0]
         deadline = time.monotonic() + 120
-        while stored() < len(wal):
-            assert time.monotonic() < deadline, f"consumer stored {stored()} of {len(wal)} trades"
+        while stored_trades(db) < len(wal):
+            assert time.monotonic() < deadline, f"consumer stored {stored_trades(db)} of {len(wal)} trades"
             assert consumer.poll() is None, open(tmp_path / "consumer.log").read()[-3000:]
             time.sleep(0.1)
-        with sqlite3.connect(db) as con:
-            con.row_factory = sqlite3.Row
-            rows = {r["match_id"]: dict(r) for r in con.execute("SELECT * FROM trades")}
-        assert sorted(rows) == sorted(wal)
-        for match_id, msg in wal.items():
-            row = rows[match_id]
-            assert row == {**{k: v for k, v in msg.items() if k != "input"},
-                           "input_source": msg["input"]["source"], "input_offset": msg["input"]["offset"]}
+        assert_trade_history_equals_wal(db, data)
         # every command the engine logged came from the topic, with its offset
         cmds = [obj for _, obj in open_data_dir(str(data)).events() if obj[0] < 64]
         assert len(cmds) == statuses[202]

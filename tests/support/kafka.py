@@ -169,30 +169,41 @@ def trade_history_equals_wal(boot: str, topic: str, db: Path, data_dir: Path, lo
     """Run ``evengine trades-consumer`` on ``topic`` until its SQLite file holds
     as many trades as the WAL, stop it, and assert the rows equal the WAL's
     trades, each once. Returns the number of trades."""
-    import sqlite3
     wal = wal_trade_messages(data_dir)
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "trades-consumer", "--kafka", boot, "--topic", topic,
                              "--group", f"th-{topic}-{time.monotonic_ns()}", "--db", str(db),
                              "--data-dir", str(data_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=open(log_path, "w"))
     try:
-        def stored() -> int:
-            if not db.exists():
-                return 0
-            with sqlite3.connect(db) as con:
-                try:
-                    return con.execute("SELECT count(*) FROM trades").fetchone()[0]
-                except sqlite3.OperationalError:
-                    return 0
         deadline = time.monotonic() + timeout_s
-        while stored() < len(wal):
-            assert time.monotonic() < deadline, f"consumer stored {stored()} of {len(wal)} trades"
+        while stored_trades(db) < len(wal):
+            assert time.monotonic() < deadline, f"consumer stored {stored_trades(db)} of {len(wal)} trades"
             assert proc.poll() is None, log_path.read_text()[-3000:]
             time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
+    assert_trade_history_equals_wal(db, data_dir)
+    return len(wal)
+
+
+def stored_trades(db: Path) -> int:
+    """Rows in the trade-history database (0 before it exists)."""
+    import sqlite3
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("SELECT count(*) FROM trades").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def assert_trade_history_equals_wal(db: Path, data_dir: Path) -> None:
+    """The trade-history rows are the WAL's trades, each once, every field equal."""
+    import sqlite3
+    wal = wal_trade_messages(data_dir)
     with sqlite3.connect(db) as con:
         con.row_factory = sqlite3.Row
         rows = {r["match_id"]: dict(r) for r in con.execute("SELECT * FROM trades")}
@@ -200,4 +211,3 @@ def trade_history_equals_wal(boot: str, topic: str, db: Path, data_dir: Path, lo
     for match_id, msg in wal.items():
         assert rows[match_id] == {**{k: v for k, v in msg.items() if k != "input"},
                                   "input_source": msg["input"]["source"], "input_offset": msg["input"]["offset"]}
-    return len(wal)
