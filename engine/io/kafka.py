@@ -36,7 +36,7 @@ from typing import Any, Optional
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from engine.core.types import Kind
 from engine.io.messages import _decode, encode_trade
@@ -137,12 +137,13 @@ class KafkaBridge:
         self.data_dir = runtime.engine.config.data_dir
         self.consumer: Optional[AIOKafkaConsumer] = None
         self.producer: Optional[AIOKafkaProducer] = None
-        # outbox entries: [match_id, cmd_seq, key, value, future-or-None]
+        # outbox entries: [match_id, cmd_seq, key, value, future-or-None, monotonic time handed over]
         self.outbox: deque = deque()
         self._unsent = 0              # index of the first outbox entry not handed to the producer
         self._wake = asyncio.Event()
         self.published_match_id, self._published_cmd_seq = read_published(self.data_dir, config.trades_topic)
         self._watermark_saved = self.published_match_id
+        self._ack_timeout_s = max(15.0, 1.5 * config.request_timeout_ms / 1000)
         self.stats = {"orders": 0, "redelivered_skipped": 0, "trades_published": 0, "republished": 0,
                       "producer_restarts": 0}
 
@@ -255,7 +256,7 @@ class KafkaBridge:
             kind = ev[0]
             if kind == _TRADE:
                 k += 1
-                self.outbox.append([ev[1], seq, ev[3].encode(), encode_trade(seq + k, ev, cmd[-2], cmd[-1]), None])
+                self.outbox.append([ev[1], seq, ev[3].encode(), encode_trade(seq + k, ev, cmd[-2], cmd[-1]), None, 0.0])
             elif kind == _REJECTED:
                 k += 1
         if k:
@@ -275,7 +276,7 @@ class KafkaBridge:
             elif obj[0] == _TRADE and obj.match_id > self.published_match_id:
                 source, pos = (cmd[-2], cmd[-1]) if obj.cmd_seq == cmd_seq else (None, None)
                 self.outbox.append([obj.match_id, obj.cmd_seq, obj.symbol.encode(),
-                                    encode_trade(seq, obj, source, pos), None])
+                                    encode_trade(seq, obj, source, pos), None, 0.0])
                 n += 1
         return n
 
@@ -302,11 +303,16 @@ class KafkaBridge:
                     if self.rt.stopping.is_set() and not outbox:
                         return
                     self._wake.clear()
-                    await self._wake.wait()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                    except asyncio.TimeoutError:
+                        pass
+                    self._check_stuck()
                     continue
                 if self.producer is None:
-                    self.producer = await self._new_producer()
-                    parts = sorted(await self.producer.partitions_for(topic))
+                    timeout_s = self.cfg.request_timeout_ms / 1000
+                    self.producer = await asyncio.wait_for(self._new_producer(), timeout_s)
+                    parts = sorted(await asyncio.wait_for(self.producer.partitions_for(topic), timeout_s))
                     partition_of: dict = {}
                     backoff = 0.1
                 producer = self.producer
@@ -342,8 +348,22 @@ class KafkaBridge:
     async def _send_batch(self, topic: str, partition: int, builder: Any, entries: list) -> None:
         fut = await self.producer.send_batch(builder, topic, partition=partition)
         fut.add_done_callback(self._on_ack)
+        now = time.monotonic()
         for entry in entries:
             entry[4] = fut
+            entry[5] = now
+
+    def _check_stuck(self) -> None:
+        """Watchdog: the oldest trade handed to the producer has had no answer,
+        neither an acknowledgement nor an error, for longer than the producer's
+        own timeouts allow. Seen with aiokafka 0.14 after a broker restart: the
+        idempotent producer's InitProducerId keeps going to a node it never
+        finds again, and its batches never expire. Rebuild it."""
+        outbox = self.outbox
+        if outbox and outbox[0][4] is not None and not outbox[0][4].done():
+            waited = time.monotonic() - outbox[0][5]
+            if waited > self._ack_timeout_s:
+                raise KafkaTimeoutError(f"no acknowledgement of match_id {outbox[0][0]} for {waited:.0f} s")
 
     def _on_ack(self, fut: asyncio.Future) -> None:
         self._wake.set()

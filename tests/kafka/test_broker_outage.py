@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,20 @@ def private_broker(tmp_path, kafka_bootstrap):
         yield boot, env
     finally:
         subprocess.run([str(BROKER_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def wait_published(data_dir: Path, match_id: int, timeout_s: float = 120.0) -> None:
+    """Poll the engine's published watermark until Kafka acknowledged ``match_id``."""
+    path = data_dir / "kafka-published.json"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if json.loads(path.read_text())["match_id"] >= match_id:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        assert time.monotonic() < deadline, f"trades up to match_id {match_id} not acknowledged in {timeout_s} s"
+        time.sleep(0.1)
 
 
 def _broker_pid(env: dict) -> int:
@@ -72,7 +87,9 @@ def test_broker_down_then_back_loses_nothing(tmp_path, private_broker, how):
     assert during["last_seq"] == stalled["last_seq"] == during["durable_seq"]
     subprocess.run([str(BROKER_SCRIPT), "resume"], env=env, check=True, capture_output=True, timeout=120)
     offsets += produce(boot, orders, values[90_000:])
-    eng.wait_position(f"kafka:{orders}:0", offsets[-1], timeout_s=120)
+    st = eng.wait_position(f"kafka:{orders}:0", offsets[-1], timeout_s=120)
+    # and its trades flow again: Kafka acknowledges every one (the published watermark)
+    wait_published(tmp_path / "d", st["match_sequence"])
     summary = eng.stop()
     assert offsets == list(range(len(values)))
     assert summary["kafka"]["orders"] == len(values)
