@@ -168,6 +168,20 @@ def _trade_printer() -> Any:
     return sink
 
 
+def _http_bind(http: str, token: Optional[str]) -> tuple[str, int]:
+    """``--http HOST:PORT`` -> ``(host, port)``; exit 2 when malformed, or not
+    loopback without a token (``engine.gateway.check_bind``)."""
+    from engine.gateway import check_bind
+    host, _, port = http.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--http wants HOST:PORT, got {http!r}", 2)
+    try:
+        check_bind(host, token)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    return host, int(port)
+
+
 def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, trades_topic: str, group: str,
                    partitions: Optional[str],
                    http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
@@ -183,17 +197,7 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
         symbols = parse_symbols(add_symbol)
     except ValueError as exc:
         _fail(str(exc), 2)
-    bind = None
-    if http is not None:
-        host, _, port = http.rpartition(":")
-        if not host or not port.isdigit():
-            _fail(f"--http wants HOST:PORT, got {http!r}", 2)
-        from engine.gateway import check_bind
-        try:
-            check_bind(host, token)
-        except ValueError as exc:
-            _fail(str(exc), 2)
-        bind = (host, int(port))
+    bind = _http_bind(http, token) if http is not None else None
     kcfg = None
     if kafka is not None:
         from engine.io.kafka import KafkaConfig
@@ -243,14 +247,8 @@ def gateway(
     Prints one JSON line {"ready": true, "http_port": N} once listening."""
     import asyncio
     _setup_logging(verbose)
-    from engine.gateway import EntryUnavailable, GatewayServer, KafkaEntry, check_bind, create_app
-    host, _, port = http.rpartition(":")
-    if not host or not port.isdigit():
-        _fail(f"--http wants HOST:PORT, got {http!r}", 2)
-    try:
-        check_bind(host, token)
-    except ValueError as exc:
-        _fail(str(exc), 2)
+    from engine.gateway import EntryUnavailable, GatewayServer, KafkaEntry, create_app
+    host, port = _http_bind(http, token)
 
     async def run() -> None:
         import signal as _signal
@@ -264,7 +262,7 @@ def gateway(
         except EntryUnavailable as exc:   # it connects on the first order; until then orders get 503
             logging.getLogger("evengine.gateway").warning("%s", exc)
         try:
-            server = GatewayServer(create_app(entry, None, token=token), host, int(port))
+            server = GatewayServer(create_app(entry, None, token=token), host, port)
             await server.start()
             print(json.dumps({"ready": True, "http_port": server.port}), flush=True)
             await stop.wait()

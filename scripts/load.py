@@ -136,25 +136,10 @@ def parse_source(spec: str, symbols: int = 1, symbol: Optional[str] = None,
         if n < 0:
             raise UsageError(f"--source {spec!r}: N must be >= 0")
         return synthetic_flow(n, seed, symbols, symbol or "SYN")
-    if kind == "lobster":
-        parts = rest.split(":")
-        if len(parts) > 2:
-            raise UsageError(f"--source {spec!r}: expected lobster:MESSAGES[:ORDERBOOK]")
-        for p in parts:
-            if not os.path.isfile(p):
-                raise UsageError(f"--source {spec!r}: no such file: {p}")
-        from engine.io.lobster import LobsterSource
-        try:
-            src = LobsterSource(parts[0], parts[1] if len(parts) == 2 else None, symbol=symbol)
-        except Exception as exc:  # noqa: BLE001 - a bad file name or file: a usage error
-            raise UsageError(f"--source {spec!r}: {exc}") from None
-        return _shadowed(src, skipped)
-    if not os.path.isfile(rest):
-        raise UsageError(f"--source {spec!r}: no such file: {rest}")
-    from engine.io.bitstamp import BitstampSource
+    from engine.cli import make_source   # the same file sources as `evengine start --source`
     try:
-        src = BitstampSource(rest, symbol=symbol or "BTCUSD")
-    except Exception as exc:  # noqa: BLE001
+        src = make_source(spec, symbol)
+    except Exception as exc:  # noqa: BLE001 - a bad spec, file name or file: a usage error
         raise UsageError(f"--source {spec!r}: {exc}") from None
     return _shadowed(src, skipped)
 
