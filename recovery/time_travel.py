@@ -90,6 +90,24 @@ class History:
         return [obj for _, obj in self.events(from_seq, to_seq)
                 if isinstance(obj, Trade) and (symbol is None or obj.symbol == symbol)]
 
+    def trades_with_input(self, from_seq: int = 1, to_seq: Optional[int] = None
+                          ) -> Iterator[tuple[int, Trade, Optional[str], Optional[int]]]:
+        """``(seq, trade, source, source_pos)`` for every trade logged between
+        the two sequence numbers (inclusive), with the input position of the
+        command that caused it (``None``s for a command without one). A trade
+        whose command lies before ``from_seq`` has it looked up.
+        For the Kafka ``trades`` records (``engine.io.messages.trade_message``)."""
+        cmd_seq, source = 0, (None, None)
+        for seq, obj in self.events(from_seq, to_seq):
+            if isinstance(obj, Trade):
+                if obj.cmd_seq != cmd_seq:   # the range started after its command
+                    cmd = next((c for _, c in self.events(obj.cmd_seq, obj.cmd_seq)), None)
+                    cmd_seq = obj.cmd_seq
+                    source = (cmd[-2], cmd[-1]) if cmd is not None and cmd[0] < 64 else (None, None)
+                yield seq, obj, source[0], source[1]
+            elif obj[0] < 64:            # a command: trades follow right after it
+                cmd_seq, source = seq, (obj[-2], obj[-1])
+
 
 def open_data_dir(data_dir: str) -> History:
     """Open ``data_dir`` for time travel (read-only)."""

@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
-from engine.core import COMMAND_CLASSES, Trade
+from engine.core import COMMAND_CLASSES
 from engine.io.messages import decode_trade, trade_message
 
 __all__ = ["TradeStore", "ApplyCounts", "ConsumerConfig", "ConsumerStats", "TradeHistoryConsumer",
@@ -352,17 +352,8 @@ class TradeStore:
         wanted = b - a + 1
         found = 0
         try:
-            history = open_data_dir(self.data_dir)
-            cmd_seq, cmd_source = 0, (None, None)
-            for seq, obj in history.events(start, end):
-                if isinstance(obj, _COMMAND_TYPES):
-                    cmd_seq, cmd_source = seq, (obj.source, obj.source_pos)
-                elif isinstance(obj, Trade) and obj.symbol == symbol and a <= obj.symbol_seq <= b:
-                    if obj.cmd_seq == cmd_seq:
-                        source, pos = cmd_source
-                    else:   # not seen (cannot happen when reading from a command); look it up
-                        cmd = next((c for _, c in history.events(obj.cmd_seq, obj.cmd_seq)), None)
-                        source, pos = (cmd.source, cmd.source_pos) if isinstance(cmd, _COMMAND_TYPES) else (None, None)
+            for seq, obj, source, pos in open_data_dir(self.data_dir).trades_with_input(start, end):
+                if obj.symbol == symbol and a <= obj.symbol_seq <= b:
                     if self.db.execute(_INSERT, trade_row(trade_message(seq, obj, source, pos))).rowcount:
                         counts.filled_trades += 1
                     found += 1

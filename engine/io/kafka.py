@@ -267,16 +267,12 @@ class KafkaBridge:
         oldest first, before anything new."""
         from recovery.time_travel import open_data_dir
         n = 0
-        cmd: Any = None
-        cmd_seq = 0
-        for seq, obj in open_data_dir(self.data_dir).events(self._published_cmd_seq,
-                                                            self.rt.engine.matcher.last_seq):
-            if obj[0] < 64:
-                cmd, cmd_seq = obj, seq    # a trade follows the command that caused it
-            elif obj[0] == _TRADE and obj.match_id > self.published_match_id:
-                source, pos = (cmd[-2], cmd[-1]) if obj.cmd_seq == cmd_seq else (None, None)
-                self.outbox.append([obj.match_id, obj.cmd_seq, obj.symbol.encode(),
-                                    encode_trade(seq, obj, source, pos), None, 0.0])
+        history = open_data_dir(self.data_dir)
+        for seq, trade, source, pos in history.trades_with_input(self._published_cmd_seq,
+                                                                 self.rt.engine.matcher.last_seq):
+            if trade.match_id > self.published_match_id:
+                self.outbox.append([trade.match_id, trade.cmd_seq, trade.symbol.encode(),
+                                    encode_trade(seq, trade, source, pos), None, 0.0])
                 n += 1
         return n
 

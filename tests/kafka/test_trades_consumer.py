@@ -22,12 +22,9 @@ from typing import Optional
 import pytest
 
 from engine.consumers.trade_history import COLUMNS, trade_row
-from engine.core import Trade
 from engine.io.messages import encode_trade, trade_message
-from engine.io.synthetic import SyntheticSource
-from engine.service.engine import Engine, EngineConfig
-from recovery.time_travel import open_data_dir
 from tests.support.crash import eventually
+from tests.support.trades import run_engine, wal_messages, wal_trades
 
 ROOT = Path(__file__).resolve().parents[2]
 # Three symbols whose trades interleave in match_id order (a resumed synthetic
@@ -37,36 +34,12 @@ DEADLINE = 30.0
 
 
 # ------------------------------------------------------------------ helpers
-def run_engine(data_dir: Path, plan=PLAN) -> None:
-    for symbol, seed, n in plan:
-        engine = Engine(EngineConfig(data_dir=str(data_dir), snapshot_every=0, control_socket=False,
-                                     pin_cpus=False, pause_cyclic_gc=False))
-        engine.open()
-        engine.run(SyntheticSource(n, seed, symbol=symbol))
-
-
-def wal_trades(data_dir: Path) -> list[tuple]:
-    """``[(seq, Trade, source, source_pos), ...]``: every trade of the WAL and
-    the input record of its command, in WAL order."""
-    sources: dict = {}
-    out = []
-    for seq, obj in open_data_dir(str(data_dir)).events():
-        if isinstance(obj, Trade):
-            out.append((seq, obj, *sources[obj.cmd_seq]))
-        elif hasattr(obj, "source_pos"):
-            sources[seq] = (obj.source, obj.source_pos)
-    return out
-
-
-def wal_messages(data_dir: Path) -> list[dict]:
-    """Every trade of the WAL as its ``trades`` message, in WAL order."""
-    return [trade_message(*t) for t in wal_trades(data_dir)]
 
 
 @pytest.fixture(scope="module")
 def engine_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("engine")
-    run_engine(d)
+    run_engine(d, PLAN)
     return d
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -152,16 +152,8 @@ def wal_trade_messages(data_dir: Path) -> dict[int, dict]:
     """``{match_id: trades message}`` made from the WAL (what Kafka should hold)."""
     from engine.io.messages import trade_message
     from recovery.time_travel import open_data_dir
-    out = {}
-    cmd: Any = None
-    cmd_seq = 0
-    for seq, obj in open_data_dir(str(data_dir)).events():
-        if obj[0] < 64:
-            cmd, cmd_seq = obj, seq
-        elif obj[0] == 64:
-            assert obj.cmd_seq == cmd_seq
-            out[obj.match_id] = trade_message(seq, obj, cmd[-2], cmd[-1])
-    return out
+    return {t.match_id: trade_message(seq, t, source, pos)
+            for seq, t, source, pos in open_data_dir(str(data_dir)).trades_with_input()}
 
 
 def trade_history_equals_wal(boot: str, topic: str, db: Path, data_dir: Path, log_path: Path,

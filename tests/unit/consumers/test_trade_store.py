@@ -15,45 +15,24 @@ import pytest
 
 from engine.consumers.trade_history import COLUMNS, TradeStore, trade_row
 from engine.core import Trade
-from engine.io.messages import decode_trade, encode_trade, trade_message
-from engine.io.synthetic import SyntheticSource
-from engine.service.engine import Engine, EngineConfig
+from engine.io.messages import decode_trade, encode_trade
 from recovery.time_travel import open_data_dir
+from tests.support.trades import run_engine, wal_messages
 
 # Two symbols, interleaved in the WAL (a resumed synthetic source goes on where it stopped).
 PLAN = [("AAA", 1, 1200), ("BBB", 2, 1200), ("AAA", 1, 2400)]
 
 
-def run_engine(data_dir: Path, plan=PLAN) -> None:
-    for symbol, seed, n in plan:
-        engine = Engine(EngineConfig(data_dir=str(data_dir), snapshot_every=0, control_socket=False,
-                                     pin_cpus=False, pause_cyclic_gc=False))
-        engine.open()
-        engine.run(SyntheticSource(n, seed, symbol=symbol))
-
-
-def wal_trades(data_dir: Path) -> list[dict]:
-    """Every trade of the WAL as its ``trades`` message, in WAL order."""
-    sources: dict = {}
-    out = []
-    for seq, obj in open_data_dir(str(data_dir)).events():
-        if isinstance(obj, Trade):
-            out.append(trade_message(seq, obj, *sources[obj.cmd_seq]))
-        elif hasattr(obj, "source_pos"):
-            sources[seq] = (obj.source, obj.source_pos)
-    return out
-
-
 @pytest.fixture(scope="module")
 def engine_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("engine")
-    run_engine(d)
+    run_engine(d, PLAN)
     return d
 
 
 @pytest.fixture(scope="module")
 def trades(engine_dir) -> list[dict]:
-    out = wal_trades(engine_dir)
+    out = wal_messages(engine_dir)
     assert {t["symbol"] for t in out} == {"AAA", "BBB"} and len(out) > 500
     # the symbols really interleave in match_id order
     assert [t["symbol"] for t in out].index("BBB") < max(i for i, t in enumerate(out) if t["symbol"] == "AAA")
@@ -208,8 +187,8 @@ def test_gap_the_wal_does_not_hold_yet_is_filled_on_retry(tmp_path, trades):
     open; once the engine has written the trades, retry_gaps fills it."""
     short = tmp_path / "engine"
     run_engine(short, [("AAA", 1, 1200), ("BBB", 2, 1200)])          # a prefix of PLAN
-    have = len(wal_trades(short))
-    assert 0 < have < len(trades) and wal_trades(short) == trades[:have]
+    have = len(wal_messages(short))
+    assert 0 < have < len(trades) and wal_messages(short) == trades[:have]
     aaa_have = max(t["symbol_seq"] for t in trades[:have] if t["symbol"] == "AAA")
     db = tmp_path / "t.sqlite"
     keep, gone = _drop(trades, "AAA", aaa_have - 2, aaa_have + 5)    # 3 trades on disk, 5 not yet
