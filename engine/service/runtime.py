@@ -67,6 +67,7 @@ class EngineRuntime:
     def __init__(self, engine: Engine, *, housekeeping_s: float = 0.05) -> None:
         self.engine = engine
         self.commands = 0
+        self._stopped = False
         self._waiters: dict[int, asyncio.Future] = {}
         self._barriers: list[tuple[int, asyncio.Future]] = []
         self._flush_scheduled = False
@@ -109,7 +110,11 @@ class EngineRuntime:
 
     async def stop(self) -> None:
         """Flush, wait until everything submitted is durable and released,
-        then stop the timer. The engine itself stays open (close it after)."""
+        then stop the timer. The engine itself stays open (close it after).
+        A second call returns at once."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._flush()
         wal = self.engine.wal
         while self.failed is None and wal.durable_seq < wal.next_seq - 1:
