@@ -96,8 +96,17 @@ a.close(); b.close()
 EOF
 }
 
-new_cluster_id() {  # same format as 'kafka-storage.sh random-uuid' (22-char base64url)
-  python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'
+# Same format as 'kafka-storage.sh random-uuid' (22-char base64url). Never one that starts
+# with '-': the storage tool's argument parser takes "-t -abc..." for a missing value and
+# an option (seen here: 1 start in 64 failed that way).
+new_cluster_id() {
+  python3 -c '
+import base64, uuid
+while True:
+    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not cid.startswith("-"):
+        print(cid)
+        break'
 }
 
 write_config() {
