@@ -13,11 +13,29 @@ rebuilds the book from the messages anyway:
 2. **Unknown ids.** Cancels, partial cancels and executions of an order the
    engine does not hold (placed before 09:30, or while deeper than level
    ``L``) consume synthetic volume at that side and price first.
-3. **Re-sync.** After a row, the prices that scrolled into the top-``L``
-   window from beyond the previous row's ``L``-th price are brought to the
-   file's volume: one synthetic resting order for volume the engine lacks;
-   volume the engine has in excess (orders that left while deeper than
-   ``L``, unseen by the file) is removed. The best level is never touched.
+3. **Never crossed.** A new order (type 1) never crosses the real book: an
+   execution on arrival is written as type-4 rows against the resting
+   orders and only a remainder is entered. So levels of the engine's book
+   that a type-1 row would cross are stale (their orders left unseen, while
+   deeper than ``L``) and are removed before it is placed; in reconstruct
+   mode the engine never trades. This is what keeps a file without its
+   orderbook file, or with few levels, from trading against ghosts.
+4. **The orderbook row is the truth for its range.** After each row, per
+   side, every price at or better than the row's ``L``-th level (the whole
+   side when the row shows fewer than ``L`` levels: the dummies say there is
+   no more) must hold exactly the file's volume. Levels that scrolled in at
+   the edge of the window, levels that appear behind an emptied best (at
+   ``L = 1`` that is every new best), and volume that left while deep are
+   corrected: excess is removed, missing volume becomes one synthetic
+   resting order. A correction at a price the *previous* row covered is one
+   the messages should have explained: it is counted as a
+   ``window_correction`` (``lobster-check`` counts such rows as
+   mismatches). Most rows change one level's size and take a fast path
+   that compares the raw fields with the previous row's, parsing nothing.
+5. **Types 5, 6 and 7** (hidden executions, cross trades, trading halts)
+   change no visible level: they make no command and are counted in
+   ``stats``; their orderbook rows repeat the previous state. No
+   executions reach the file during a halt, so none are synthesised.
 
 Which order loses volume when the file does not say (an unknown id, excess
 volume) is a guess that only matters for match mode's fill-by-fill
@@ -39,8 +57,11 @@ Two modes drive executions (type 4):
   above can be wrong), repair commands then bring every touched order and
   level back to what the file says is left.
 
-Units: prices stay in LOBSTER's unit (USD x 10,000); the book's tick size is
-100 (one cent). Sizes are shares (1 lot = 1 share). ``ts_ns`` is nanoseconds
+Units: prices stay in LOBSTER's unit (USD x 10,000). The tick follows Reg
+NMS Rule 612: whole cents (100) from $1 up, $0.0001 (1) below; the book's
+tick is 1 if any visible price in the message file or orderbook row 0 is
+below $1, else 100, and a visible price from $1 up that is not a whole cent
+is bad input. Sizes are shares (1 lot = 1 share). ``ts_ns`` is nanoseconds
 after midnight, parsed exactly from the decimal string.
 
 Synthetic order ids (LOBSTER ids are below 2**31; ids from ``2**40`` up are
@@ -66,11 +87,12 @@ and the seed orders, which come before row 0 and carry ``source_pos=None``
 (the core only takes positions >= 0; ``None`` leaves the checkpoint at "no
 row applied", so a restart seeds again, skipping seeds already on the book).
 A sweep's commands all carry its last type-4 row. Within a row the order is:
-the message's own commands, match-mode repairs, then re-sync; the last one
-completes the row.
+the message's own commands (stale levels first), match-mode repairs, then
+the corrections of step 4; the last one completes the row.
 
-Source: LOBSTER_SampleFiles_ReadMe.txt (format), ``../shared/data/README.md``
-(measured facts: unknown ids, sweeps, the re-sync rule).
+Source: LOBSTER_SampleFiles_ReadMe.txt (format, dummy levels, halts),
+``../shared/data/README.md`` (measured facts: unknown ids, sweeps, type 1
+never crosses), Reg NMS Rule 612 (17 CFR 242.612, the tick).
 """
 
 from __future__ import annotations
@@ -79,8 +101,9 @@ import re
 from array import array
 from bisect import bisect_right
 from itertools import islice
+from operator import ne
 from pathlib import Path
-from typing import IO, Any, Iterator, NamedTuple, Optional, Union
+from typing import IO, Any, Generator, Iterator, NamedTuple, Optional, Union
 
 from engine.core import (BUY, SELL, AddSymbol, AmendOrder, BadInput, CancelOrder, Command, Matcher,
                          OrderBook, PlaceOrder)
@@ -88,12 +111,17 @@ from engine.core import (BUY, SELL, AddSymbol, AmendOrder, BadInput, CancelOrder
 __all__ = [
     "LobsterSource", "LobsterFileError", "Message", "parse_message", "parse_orderbook_row",
     "parse_file_name", "synthetic_kind", "count_rows",
-    "TICK_SIZE", "SEED_ID_BASE", "RESYNC_ID_BASE", "REPAIR_ID_BASE", "TAKER_ID_BASE",
+    "TICK_SIZE", "SUB_PENNY_TICK", "PENNY_RULE_PRICE", "SEED_ID_BASE", "RESYNC_ID_BASE", "REPAIR_ID_BASE", "TAKER_ID_BASE",
     "SYNTHETIC_ID_END", "ROW_STRIDE", "DUMMY_ASK_PRICE", "DUMMY_BID_PRICE", "MAX_SIZE",
 ]
 
 TICK_SIZE = 100
-"""One cent in LOBSTER's price unit (USD x 10,000)."""
+"""One cent in LOBSTER's price unit (USD x 10,000): the tick at and above $1."""
+SUB_PENNY_TICK = 1
+"""$0.0001, the tick below $1 (the price unit itself)."""
+PENNY_RULE_PRICE = 10_000
+"""$1.00: from this price up, quotes are in whole cents (Reg NMS Rule 612,
+17 CFR 242.612); below it, in $0.0001."""
 SEED_ID_BASE = 1 << 40
 RESYNC_ID_BASE = 1 << 41
 REPAIR_ID_BASE = 1 << 42
@@ -111,6 +139,14 @@ MAX_RAW_CHARS = 4096
 
 _IOC = 2
 _MODES = ("match", "reconstruct")
+_UNCHANGED = object()
+"""``touched`` of a row whose message changes no visible level (types 5-7)."""
+_HALT_STATS = {-1: "halts", 0: "quoting_resumed", 1: "trading_resumed"}
+_SIDE_NAMES = {BUY: "bid", SELL: "ask"}
+_MAX_LISTED = 1000
+_STATS = ("seeded_orders", "resync_orders", "resync_reductions", "corrected_rows", "window_corrections",
+          "stale_levels_removed", "repairs", "bad_rows", "bad_orderbook_rows", "hidden_executions",
+          "cross_trades", "halts", "quoting_resumed", "trading_resumed")
 _FIELDS = ("time", "type", "order id", "size", "price", "direction")
 _ROW_RE = re.compile(r"(\d{1,5})(?:\.(\d{1,9}))?,([1-7]),(\d{1,19}),(\d{1,19}),(-?\d{1,19}),(-?1)(?:,[^,]*)?")
 _NAME_RE = re.compile(r"(?P<symbol>[^_/\\]+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<start>\d+)_(?P<end>\d+)_"
@@ -222,8 +258,9 @@ def parse_message(line: str) -> Union[Message, str]:
             return f"type {mtype} needs a positive size, got 0"
         if not 0 < price < DUMMY_ASK_PRICE:
             return f"price {price} is out of range"
-        if price % TICK_SIZE:
-            return f"price {price} is not a multiple of the tick ({TICK_SIZE})"
+        if price >= PENNY_RULE_PRICE and price % TICK_SIZE:
+            return (f"price {price} is not a multiple of the tick ({TICK_SIZE}, one cent): sub-penny "
+                    f"prices are only allowed below $1 (Reg NMS Rule 612)")
     elif mtype == 5:
         if not size or not 0 < price < DUMMY_ASK_PRICE:
             return f"hidden execution needs a positive size and price, got {size} at {price}"
@@ -243,29 +280,34 @@ def parse_orderbook_row(line: str, levels: int) -> Optional[tuple[Ladder, Ladder
 
     Args:
         line: ``ask price 1, ask size 1, bid price 1, bid size 1, ...`` for
-            ``levels`` levels (``4 * levels`` integers).
+            ``levels`` levels (``4 * levels`` integers); the line ending and
+            blanks around a field are ignored.
         levels: L, the number of levels per side in the file.
 
     Returns:
         ``(bids, asks)``, each a list of ``(price, size)`` best first, with
         the dummy entries of empty positions (price +-9999999999, size 0)
-        left out; ``None`` if the row is malformed (wrong column count, not
-        integers, negative values, prices out of order). Never raises.
+        left out; ``None`` if the row is malformed: wrong column count, not
+        integers, a price that is not positive or breaks the tick rule (whole
+        cents from $1 up), a negative size, prices out of order, or a crossed
+        or locked book (best bid >= best ask). Never raises.
 
-    Source: LOBSTER_SampleFiles_ReadMe.txt, orderbook file, unoccupied levels.
+    Complexity: O(L).
+    Source: LOBSTER_SampleFiles_ReadMe.txt, orderbook file, unoccupied levels;
+    Reg NMS Rule 612 (the tick).
     """
-    cols = line.strip().split(",")
+    cols = line.split(",")
     if len(cols) != 4 * levels:
         return None
     try:
-        vals = [int(c) for c in cols]
+        vals = list(map(int, cols))
     except ValueError:
         return None
     asks = [(p, s) for p, s in zip(vals[0::4], vals[1::4]) if s and p != DUMMY_ASK_PRICE]
     bids = [(p, s) for p, s in zip(vals[2::4], vals[3::4]) if s and p != DUMMY_BID_PRICE]
     for ladder in (asks, bids):
         for p, s in ladder:
-            if p <= 0 or s < 0:
+            if p <= 0 or s < 0 or p >= PENNY_RULE_PRICE and p % TICK_SIZE:
                 return None
     for k in range(len(asks) - 1):
         if asks[k][0] >= asks[k + 1][0]:
@@ -273,6 +315,8 @@ def parse_orderbook_row(line: str, levels: int) -> Optional[tuple[Ladder, Ladder
     for k in range(len(bids) - 1):
         if bids[k][0] <= bids[k + 1][0]:
             return None
+    if bids and asks and bids[0][0] >= asks[0][0]:
+        return None
     return bids, asks
 
 
@@ -334,24 +378,29 @@ def _beyond(side: int, price: int, edge: int) -> bool:
 
 
 class _FileFacts:
-    """What one pass over the message file tells about order ids.
+    """What one pass over the message file tells about order ids and prices.
 
     ``last_ref[id]``: the last row of type 1-4 naming ``id``. ``high_rows`` /
     ``high_ids``: the rows where the highest id seen so far grows, and that
-    id (ascending), for :meth:`id_high`.
+    id (ascending), for :meth:`id_high`. ``sub_dollar``: some row of type 1-4
+    has a price below $1 (then the book's tick is $0.0001, Rule 612).
     """
 
-    __slots__ = ("last_ref", "high_rows", "high_ids")
+    __slots__ = ("last_ref", "high_rows", "high_ids", "sub_dollar")
 
     def __init__(self, f: IO[str]) -> None:
         last_ref: dict[int, int] = {}
         high_rows, high_ids = array("q"), array("q")
         high = 0
+        sub_dollar = False
+        penny_digits = len(str(PENNY_RULE_PRICE))
         for row, line in enumerate(f):
-            cols = line.split(",", 3)
-            if len(cols) == 4 and cols[1] in ("1", "2", "3", "4"):
+            cols = line.split(",", 5)
+            if len(cols) == 6 and cols[1] in ("1", "2", "3", "4"):
                 try:
                     order_id = int(cols[2])
+                    if len(cols[4]) < penny_digits and 0 < int(cols[4]) < PENNY_RULE_PRICE:
+                        sub_dollar = True
                 except ValueError:
                     continue
                 last_ref[order_id] = row
@@ -362,6 +411,7 @@ class _FileFacts:
         self.last_ref = last_ref
         self.high_rows = high_rows
         self.high_ids = high_ids
+        self.sub_dollar = sub_dollar
 
     def id_high(self, row: int) -> int:
         """Highest LOBSTER id named in rows ``<= row`` (row 0's for ``row < 0``)."""
@@ -372,16 +422,17 @@ class _FileFacts:
 class _Sweep:
     """Type-4 rows of one match-mode sweep, waiting for their last row."""
 
-    __slots__ = ("first_row", "last_row", "ts_ns", "direction", "rows", "prev_ob", "last_ob")
+    __slots__ = ("first_row", "last_row", "ts_ns", "direction", "rows", "prev_ob", "last_line", "last_ob")
 
-    def __init__(self, row: int, msg: Message, prev_ob: Any, ob: Any) -> None:
+    def __init__(self, row: int, msg: Message, prev_ob: Any, ob_line: Optional[str]) -> None:
         self.first_row = row
         self.last_row = row
         self.ts_ns = msg.ts_ns
         self.direction = msg.direction
         self.rows: list[Message] = [msg]
         self.prev_ob = prev_ob
-        self.last_ob = ob
+        self.last_line = ob_line
+        self.last_ob: Any = None
 
 
 class LobsterSource:
@@ -403,9 +454,18 @@ class LobsterSource:
         total: number of message rows.
         symbol, mode, levels, messages_path, orderbook_path: as given or derived.
         stats: counts of the last :meth:`commands` run: ``seeded_orders``,
-            ``resync_orders`` (synthetic orders placed by re-sync),
-            ``resync_reductions`` (levels re-sync reduced), ``repairs``
-            (match-mode repair commands), ``bad_rows``.
+            ``resync_orders`` (synthetic orders placed to match the file),
+            ``resync_reductions`` (levels reduced or removed to match it),
+            ``corrected_rows`` (rows that needed either),
+            ``window_corrections`` (corrections inside the previous row's
+            range, unexplained by the messages), ``stale_levels_removed``
+            (levels a type-1 row would have crossed), ``repairs``
+            (match-mode repair commands), ``bad_rows``,
+            ``bad_orderbook_rows``, ``hidden_executions`` (type 5),
+            ``cross_trades`` (type 6), ``halts`` / ``quoting_resumed`` /
+            ``trading_resumed`` (type 7 with price -1 / 0 / 1).
+        window_correction_rows: ``[(row, "bid 5782100: engine 10 vs file
+            9; ..."), ...]``, the first 1,000 rows with window corrections.
 
     Raises:
         LobsterFileError: a file cannot be read.
@@ -437,6 +497,7 @@ class LobsterSource:
             levels = self._levels_from_orderbook()
         self.levels: Optional[int] = levels
         self.stats: dict[str, int] = {}
+        self.window_correction_rows: list[tuple[int, str]] = []
         self._files: list[IO[str]] = []
         self._facts: Optional[_FileFacts] = None
 
@@ -474,8 +535,8 @@ class LobsterSource:
             LobsterFileError: a file cannot be read.
         """
         start = -1 if after is None else int(after)
-        self.stats = dict.fromkeys(("seeded_orders", "resync_orders", "resync_reductions", "repairs",
-                                    "bad_rows"), 0)
+        self.stats = dict.fromkeys(_STATS, 0)
+        self.window_correction_rows = []
         msg_f = _open_text(self.messages_path)
         self._files.append(msg_f)
         ob_f = None
@@ -508,9 +569,11 @@ class LobsterSource:
     # ------------------------------------------------------------ main loop
     def _run(self, matcher: Matcher, start: int, msg_f: IO[str], ob_f: Optional[IO[str]]) -> Iterator[Command]:
         name, symbol, levels = self.name, self.symbol, self.levels or 0
+        stats = self.stats
         match_mode = self.mode == "match"
-        ob_iter: Iterator[str] = iter(ob_f) if ob_f is not None else iter(())
-        prev_ob = None
+        ob_iter: Iterator[str] = iter(ob_f) if ob_f is not None and levels else iter(())
+        prev_ob: Optional[tuple[Ladder, Ladder]] = None
+        prev_cols: Optional[list[str]] = None
         if start >= 0:
             for _ in islice(msg_f, start + 1):
                 pass
@@ -519,53 +582,71 @@ class LobsterSource:
                 pass
             if prev_line is not None:
                 prev_ob = parse_orderbook_row(prev_line, levels)
+                prev_cols = prev_line.split(",") if prev_ob is not None else None
         row = start + 1
         line = msg_f.readline()
         ob_line = next(ob_iter, None)
         msg = parse_message(line) if line else None
         first_ts = msg.ts_ns if isinstance(msg, Message) else 0
+        ob0 = parse_orderbook_row(ob_line, levels) if start < 0 and line and ob_line is not None else None
         if symbol not in matcher.books:
-            yield AddSymbol.new(symbol, TICK_SIZE, first_ts, source=name, source_pos=start if start >= 0 else None)
-        if start < 0 and line and ob_line is not None:
-            ob0 = parse_orderbook_row(ob_line, levels)
-            if ob0 is not None:
-                yield from self._seed(matcher, msg, ob0, first_ts)
-                prev_ob = ob0
+            assert self._facts is not None
+            sub_dollar = self._facts.sub_dollar or ob0 is not None and any(
+                p < PENNY_RULE_PRICE for side in ob0 for p, _ in side)
+            yield AddSymbol.new(symbol, SUB_PENNY_TICK if sub_dollar else TICK_SIZE, first_ts, source=name,
+                                source_pos=start if start >= 0 else None)
+        if ob0 is not None:
+            prev_ob = yield from self._seed(matcher, msg, ob0, first_ts)
         sweep: Optional[_Sweep] = None
         while line:
-            ob = parse_orderbook_row(ob_line, levels) if ob_line is not None else None
             if sweep is not None and isinstance(msg, Message) and msg.ts_ns == sweep.ts_ns and (
                     msg.type == 5 or msg.type == 4 and msg.direction == sweep.direction):
                 if msg.type == 4:
                     sweep.rows.append(msg)
                     sweep.last_row = row
-                    sweep.last_ob = ob
+                    sweep.last_line = ob_line
+                else:
+                    stats["hidden_executions"] += 1
             else:
                 if sweep is not None:
-                    yield from self._sweep(matcher, sweep)
+                    prev_ob, prev_cols = yield from self._sweep(matcher, sweep)
                     sweep = None
+                touched: Any = None
                 if not isinstance(msg, Message):
                     raw = line.rstrip("\n").rstrip("\r")
                     if len(raw) > MAX_RAW_CHARS:
                         raw, msg = raw[:MAX_RAW_CHARS], f"{msg} (row cut to {MAX_RAW_CHARS} characters)"
-                    self.stats["bad_rows"] += 1
+                    stats["bad_rows"] += 1
                     yield BadInput.new(raw, msg, source=name, source_pos=row)
                 elif msg.type == 4 and match_mode:
-                    sweep = _Sweep(row, msg, prev_ob, ob)
+                    sweep = _Sweep(row, msg, prev_ob, ob_line)
                 elif msg.type <= 4:
-                    yield from self._event(matcher, row, msg)
-                    if ob is not None and prev_ob is not None:
-                        yield from self._resync(matcher, row, msg.ts_ns, prev_ob, ob, msg.price)
+                    touched = yield from self._event(matcher, row, msg)
+                else:
+                    touched = _UNCHANGED
+                    if msg.type == 5:
+                        stats["hidden_executions"] += 1
+                    elif msg.type == 6:
+                        stats["cross_trades"] += 1
+                    elif msg.type == 7:
+                        stats[_HALT_STATS.get(msg.price, "halts")] += 1
+                if sweep is None:
+                    if ob_line is not None:
+                        prev_ob, prev_cols = yield from self._check_row(matcher, row, msg, ob_line, prev_ob,
+                                                                        prev_cols, touched)
+                    else:
+                        prev_ob = prev_cols = None
             line = msg_f.readline()
             ob_line = next(ob_iter, None)
             row += 1
-            prev_ob = ob
             msg = parse_message(line) if line else None
         if sweep is not None:
             yield from self._sweep(matcher, sweep)
 
-    def _seed(self, matcher: Matcher, first: Any, ob0: tuple[Ladder, Ladder], ts_ns: int) -> Iterator[Command]:
-        """Seed orders: orderbook row 0 with message 0's effect undone."""
+    def _seed(self, matcher: Matcher, first: Any, ob0: tuple[Ladder, Ladder],
+              ts_ns: int) -> Generator[Command, None, tuple[Ladder, Ladder]]:
+        """Seed orders: orderbook row 0 with message 0's effect undone.
+        Returns that state as ``(bids, asks)``, best first."""
         bids, asks = dict(ob0[0]), dict(ob0[1])
         if isinstance(first, Message) and first.type <= 4:
             ladder = bids if first.direction == 1 else asks
@@ -576,7 +657,8 @@ class LobsterSource:
                 ladder.pop(first.price, None)
         book = matcher.books.get(self.symbol)
         n = 0
-        for side, levels in ((BUY, sorted(bids.items(), reverse=True)), (SELL, sorted(asks.items()))):
+        pre = (sorted(bids.items(), reverse=True), sorted(asks.items()))
+        for side, levels in ((BUY, pre[0]), (SELL, pre[1])):
             for price, qty in levels:
                 order_id = SEED_ID_BASE + n
                 n += 1
@@ -584,32 +666,176 @@ class LobsterSource:
                     self.stats["seeded_orders"] += 1
                     yield PlaceOrder.new(self.symbol, order_id, side, price, qty, ts_ns=ts_ns,
                                          source=self.name, source_pos=None)
+        return pre
 
-    def _event(self, matcher: Matcher, row: int, msg: Message) -> Iterator[Command]:
-        """Commands of one type 1-4 row (type 4 as in reconstruct mode)."""
+    def _event(self, matcher: Matcher, row: int, msg: Message) -> Generator[Command, None, Any]:
+        """Commands of one type 1-4 row (type 4 as in reconstruct mode).
+
+        Returns ``(side, price)`` if the commands changed the book at that
+        level only, else ``None`` (stale levels were cleared first)."""
         name, symbol, ts_ns = self.name, self.symbol, msg.ts_ns
         side = BUY if msg.direction == 1 else SELL
-        if msg.type == 1:
-            yield PlaceOrder.new(symbol, msg.order_id, side, msg.price, msg.size, ts_ns=ts_ns,
-                                 source=name, source_pos=row)
-            return
+        price = msg.price
         book = matcher.books.get(symbol)
+        if msg.type == 1:
+            touched: Any = (side, price)
+            if book is not None:
+                # A new order never crosses the real book (LOBSTER: executions
+                # are type 4 rows against the resting orders; only a
+                # remainder is entered): what it would cross here is stale.
+                if side == BUY:
+                    crossed = list(book.ask_prices.irange(None, price)) if book.ask_prices and \
+                        book.ask_prices[0] <= price else []
+                else:
+                    crossed = list(book.bid_prices.irange(price, None)) if book.bid_prices and \
+                        book.bid_prices[-1] >= price else []
+                if crossed:
+                    touched = None
+                    other = SELL if side == BUY else BUY
+                    other_levels = book.ask_levels if side == BUY else book.bid_levels
+                    for stale in crossed:
+                        self.stats["stale_levels_removed"] += 1
+                        yield from self._consume(book, other, stale, other_levels[stale].qty, ts_ns, row,
+                                                 unseen=True)
+            yield PlaceOrder.new(symbol, msg.order_id, side, price, msg.size, ts_ns=ts_ns,
+                                 source=name, source_pos=row)
+            return touched
         if book is None:
-            return
+            return None
         order = book.orders.get(msg.order_id)
         if order is None:
-            yield from self._consume(book, side, msg.price, msg.size, ts_ns, row, unknown_id=msg.order_id)
-            return
+            yield from self._consume(book, side, price, msg.size, ts_ns, row, unknown_id=msg.order_id)
+            return (side, price)
+        touched = (side, price) if order.price == price and order.side == side else None
         # Remove exactly msg.size lots (for type 3 too): if the engine's guess
         # of which order holds which volume was wrong, the level stays right.
         left = order.qty - msg.size
         if left <= 0:
             yield CancelOrder.new(symbol, msg.order_id, ts_ns=ts_ns, source=name, source_pos=row)
             if left < 0:
-                yield from self._consume(book, side, msg.price, -left, ts_ns, row)
+                yield from self._consume(book, side, order.price, -left, ts_ns, row)
         else:
             yield AmendOrder.new(symbol, msg.order_id, order.price, left, ts_ns=ts_ns,
                                  source=name, source_pos=row)
+        return touched
+
+    # ------------------------------------------------------ the file's truth
+    def _check_row(self, matcher: Matcher, row: int, msg: Any, ob_line: str,
+                   prev_ob: Optional[tuple[Ladder, Ladder]], prev_cols: Optional[list[str]],
+                   touched: Any) -> Generator[Command, None, tuple[Any, Any]]:
+        """After a row's own commands: make the book agree with the file's
+        orderbook row. Returns the row parsed and split, for the next row.
+
+        Fast path (no parsing beyond ``str.split``): if the commands changed
+        only the level ``touched`` and the file's row differs from the last
+        one in at most that level's size, which the book now holds, or not at
+        all while that level lies beyond the window, book and file agree
+        (they did after the last row). Otherwise the row is parsed and
+        :meth:`_reconcile`\\ d.
+        """
+        cols = ob_line.split(",")
+        if prev_cols is not None and prev_ob is not None and touched is not None and len(cols) == len(prev_cols):
+            diffs = list(map(ne, cols, prev_cols))
+            changed = diffs.count(True)
+            if changed == 0:
+                if touched is _UNCHANGED:
+                    return prev_ob, cols
+                side, price = touched
+                ladder = prev_ob[0] if side == BUY else prev_ob[1]
+                if len(ladder) >= (self.levels or 0) and _beyond(side, price, ladder[-1][0]):
+                    return prev_ob, cols
+            elif changed == 1 and touched is not _UNCHANGED:
+                i = diffs.index(True)
+                side, price = touched
+                k = i >> 2
+                ladder = prev_ob[0] if side == BUY else prev_ob[1]
+                if (i & 3) == (3 if side == BUY else 1) and k < len(ladder) and ladder[k][0] == price \
+                        and cols[i - 1] == prev_cols[i - 1]:
+                    book = matcher.books.get(self.symbol)
+                    level = None if book is None else (book.bid_levels if side == BUY else book.ask_levels).get(price)
+                    text = cols[i]
+                    if level is not None and text.strip().isdigit() and level.qty == int(text):
+                        ladder = list(ladder)
+                        ladder[k] = (price, level.qty)
+                        return ((ladder, prev_ob[1]) if side == BUY else (prev_ob[0], ladder)), cols
+        ob = parse_orderbook_row(ob_line, self.levels or 0)
+        if ob is None:
+            self.stats["bad_orderbook_rows"] += 1
+            return None, None
+        ts_ns = msg.ts_ns if isinstance(msg, Message) else 0
+        yield from self._reconcile(matcher, row, ts_ns, prev_ob, ob)
+        return ob, cols
+
+    def _reconcile(self, matcher: Matcher, row: int, ts_ns: int, prev_ob: Optional[tuple[Ladder, Ladder]],
+                   ob: tuple[Ladder, Ladder]) -> Iterator[Command]:
+        """Make the book's levels in the file's known range equal the file's row.
+
+        The orderbook row is the truth for its range: per side, every price
+        at or better than its L-th level, or the whole side if it shows fewer
+        than L levels (the rest are dummies: the side has no more). There, a
+        level the book holds in excess (orders that left while deeper than L,
+        unseen by the message file, or a guess gone wrong) is reduced or
+        removed (``unseen`` volume choice), then a level the book lacks gets
+        one synthetic resting order for the difference. Reductions come first
+        on both sides, so an addition never crosses.
+
+        A correction at a price the previous row also covered (inside its
+        range) is one the messages should have explained: it is counted in
+        ``stats["window_corrections"]`` and listed in
+        :attr:`window_correction_rows`; corrections beyond the previous
+        range (levels scrolling into view, levels behind an emptied best)
+        are expected.
+
+        Source: LOBSTER_SampleFiles_ReadMe.txt (the orderbook file; dummy
+        levels mean the side has no more); ``../shared/data/README.md``.
+        Complexity: O(L + levels the book holds in the range).
+        """
+        book = matcher.books.get(self.symbol)
+        if book is None:
+            return
+        levels = self.levels or 0
+        stats = self.stats
+        cuts: list[tuple[int, int, int]] = []
+        adds: list[tuple[int, int, int]] = []
+        inside: list[str] = []
+        for side, want in ((BUY, ob[0]), (SELL, ob[1])):
+            prev_side = None if prev_ob is None else (prev_ob[0] if side == BUY else prev_ob[1])
+            if side == BUY:
+                book_levels = book.bid_levels
+                prices = book.bid_prices.irange(want[-1][0], None) if len(want) >= levels else book.bid_prices
+            else:
+                book_levels = book.ask_levels
+                prices = book.ask_prices.irange(None, want[-1][0]) if len(want) >= levels else book.ask_prices
+            wanted = dict(want)
+            for price in list(prices):
+                have = book_levels[price].qty
+                if have > wanted.get(price, 0):
+                    cuts.append((side, price, have - wanted.get(price, 0)))
+                    if prev_side is not None and (len(prev_side) < levels or not _beyond(side, price, prev_side[-1][0])):
+                        inside.append(f"{_SIDE_NAMES[side]} {price}: engine {have} vs file {wanted.get(price, 0)}")
+            for price, qty in want:
+                level = book_levels.get(price)
+                have = level.qty if level is not None else 0
+                if qty > have:
+                    adds.append((side, price, qty - have))
+                    if prev_side is not None and (len(prev_side) < levels or not _beyond(side, price, prev_side[-1][0])):
+                        inside.append(f"{_SIDE_NAMES[side]} {price}: engine {have} vs file {qty}")
+        if not cuts and not adds:
+            return
+        stats["corrected_rows"] += 1
+        if inside:
+            stats["window_corrections"] += len(inside)
+            if len(self.window_correction_rows) < _MAX_LISTED:
+                self.window_correction_rows.append((row, "; ".join(inside)))
+        for side, price, qty in cuts:
+            stats["resync_reductions"] += 1
+            yield from self._consume(book, side, price, qty, ts_ns, row, unseen=True)
+        n = 0
+        for side, price, qty in adds:
+            stats["resync_orders"] += 1
+            yield PlaceOrder.new(self.symbol, RESYNC_ID_BASE + row * ROW_STRIDE + n, side, price, qty,
+                                 ts_ns=ts_ns, source=self.name, source_pos=row)
+            n += 1
 
     # ------------------------------------------------------ volume choices
     def _synthetic_row(self, order_id: int) -> int:
@@ -675,68 +901,20 @@ class LobsterSource:
             else:
                 yield CancelOrder.new(book.symbol, order_id, ts_ns=ts_ns, source=self.name, source_pos=row)
 
-    # -------------------------------------------------------------- re-sync
-    def _resync(self, matcher: Matcher, row: int, ts_ns: int, prev_ob: tuple[Ladder, Ladder],
-                ob: tuple[Ladder, Ladder], skip_price: Optional[int] = None) -> Iterator[Command]:
-        """Bring the prices that scrolled into the window to the file's volume.
-
-        Per side, the scrolled-in range is the prices beyond ``prev_ob``'s L-th
-        price up to ``ob``'s L-th (unbounded if ``ob`` shows fewer than L
-        levels); nothing scrolls in if ``prev_ob`` showed fewer than L. There,
-        a level with more volume in the engine is reduced (``unseen``
-        choice), and a level with more in the file gets one synthetic order
-        for the difference. The best level and ``skip_price`` (the row's own
-        price) are never touched.
-
-        Source: ``../shared/data/README.md``, rule (3).
-        """
-        book = matcher.books.get(self.symbol)
-        if book is None:
-            return
-        levels = self.levels or 0
-        n = 0
-        for side, prev_side, cur_side in ((BUY, prev_ob[0], ob[0]), (SELL, prev_ob[1], ob[1])):
-            if len(prev_side) < levels:
-                continue
-            edge = prev_side[-1][0]
-            bounded = len(cur_side) >= levels
-            if bounded and not _beyond(side, cur_side[-1][0], edge):
-                continue
-            best = cur_side[0][0] if cur_side else edge
-            wanted = {p: q for p, q in cur_side[1:] if _beyond(side, p, edge)}
-            far = cur_side[-1][0] if bounded else None
-            if side == BUY:
-                book_levels = book.bid_levels
-                engine_prices = list(book.bid_prices.irange(far, edge, inclusive=(True, False)))[::-1]
-            else:
-                book_levels = book.ask_levels
-                engine_prices = list(book.ask_prices.irange(edge, far, inclusive=(False, True)))
-            excess = []
-            for price in engine_prices:
-                surplus = book_levels[price].qty - wanted.get(price, 0)
-                if surplus > 0 and price != skip_price and _beyond(side, price, best):
-                    excess.append((price, surplus))
-            for price, surplus in excess:
-                self.stats["resync_reductions"] += 1
-                yield from self._consume(book, side, price, surplus, ts_ns, row, unseen=True)
-            for price, size in wanted.items():
-                if price == skip_price:
-                    continue
-                level = book_levels.get(price)
-                missing = size - (level.qty if level is not None else 0)
-                if missing > 0:
-                    self.stats["resync_orders"] += 1
-                    yield PlaceOrder.new(self.symbol, RESYNC_ID_BASE + row * ROW_STRIDE + n, side, price,
-                                         missing, ts_ns=ts_ns, source=self.name, source_pos=row)
-                    n += 1
-
     # ---------------------------------------------------------------- sweep
-    def _sweep(self, matcher: Matcher, sweep: _Sweep) -> Iterator[Command]:
-        """Match mode: one IOC taker for a sweep, then repairs, then re-sync."""
+    def _sweep(self, matcher: Matcher, sweep: _Sweep) -> Generator[Command, None, tuple[Any, Any]]:
+        """Match mode: one IOC taker for a sweep, then repairs, then the
+        reconciliation with the sweep's last orderbook row. Returns that row
+        parsed and split (``(None, None)`` if there is none)."""
         name, symbol, row, ts_ns = self.name, self.symbol, sweep.last_row, sweep.ts_ns
+        line = sweep.last_line
+        if line is not None and self.levels:
+            sweep.last_ob = parse_orderbook_row(line, self.levels)
+            if sweep.last_ob is None:
+                self.stats["bad_orderbook_rows"] += 1
         book = matcher.books.get(symbol)
         if book is None:
-            return
+            return None, None
         maker_side = BUY if sweep.direction == 1 else SELL
         taker_side = SELL if maker_side == BUY else BUY
         prices = [m.price for m in sweep.rows]
@@ -752,8 +930,11 @@ class LobsterSource:
         yield PlaceOrder.new(symbol, TAKER_ID_BASE + sweep.first_row, taker_side, limit,
                              sum(m.size for m in sweep.rows), tif=_IOC, ts_ns=ts_ns, source=name, source_pos=row)
         yield from self._repair(book, sweep, maker_side, pre, prices, levels)
-        if sweep.last_ob is not None and sweep.prev_ob is not None:
-            yield from self._resync(matcher, row, ts_ns, sweep.prev_ob, sweep.last_ob)
+        if sweep.last_ob is None:
+            return None, None
+        yield from self._reconcile(matcher, row, ts_ns, sweep.prev_ob, sweep.last_ob)
+        assert line is not None
+        return sweep.last_ob, line.split(",")
 
     def _repair(self, book: OrderBook, sweep: _Sweep, maker_side: int, pre: list[tuple[Any, int]],
                 prices: list[int], levels: dict) -> Iterator[Command]:

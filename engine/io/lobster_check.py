@@ -132,6 +132,7 @@ def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Pa
                             "commands", "rejected", "trades", "takers", "fills_compared",
                             "fills_agreeing"), 0)
     first_mismatch: Optional[dict[str, Any]] = None
+    after_diff: set[int] = set()
     compared = -1
     ob_file = _open_text(Path(orderbook_path))
 
@@ -151,6 +152,7 @@ def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Pa
             counts["rows_compared"] += 1
             if engine != reference:
                 counts["mismatched_rows"] += 1
+                after_diff.add(compared)
                 if first_mismatch is None:
                     first_mismatch = {"row": compared, "diff": _diff(engine, reference)}
             if _best(engine) == _best(reference):
@@ -182,17 +184,28 @@ def lobster_check(messages_path: Union[str, Path], orderbook_path: Union[str, Pa
         ob_file.close()
 
     stats = source.stats
+    # A row whose book needed a correction inside the window the previous
+    # row covered is one the messages did not explain: a mismatch, even
+    # though the correction then made the row agree.
+    corrected = dict(source.window_correction_rows)
+    counts["mismatched_rows"] += sum(1 for row in corrected if row not in after_diff)
+    if corrected:
+        row = min(corrected)
+        if first_mismatch is None or row < first_mismatch["row"]:
+            first_mismatch = {"row": row, "diff": f"before the file's correction: {corrected[row]}"}
     result: dict[str, Any] = {"symbol": source.symbol, "mode": mode, "levels": levels, "rows": total}
     for key in ("rows_compared", "mismatched_rows", "best_bid_ask_agreeing_rows"):
         result[key] = counts[key]
     result["first_mismatch"] = first_mismatch
     for key in ("commands", "rejected", "trades"):
         result[key] = counts[key]
-    result["bad_rows"] = stats["bad_rows"]
-    result["seeded_orders"] = stats["seeded_orders"]
+    for key in ("bad_rows", "bad_orderbook_rows", "seeded_orders"):
+        result[key] = stats[key]
     result["resynced_levels"] = stats["resync_orders"] + stats["resync_reductions"]
-    result["resync_orders"] = stats["resync_orders"]
-    result["resync_reductions"] = stats["resync_reductions"]
+    for key in ("resync_orders", "resync_reductions", "corrected_rows", "window_corrections",
+                "stale_levels_removed", "hidden_executions", "cross_trades", "halts", "quoting_resumed",
+                "trading_resumed"):
+        result[key] = stats[key]
     if match_mode:
         result["rows_in_sweeps"] = counts["rows_in_sweeps"]
         result["takers"] = counts["takers"]

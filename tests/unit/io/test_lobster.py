@@ -256,6 +256,72 @@ def test_resync_removes_volume_that_left_unseen_and_never_touches_the_best(tmp_p
     assert all(c.price != 999_900 for c, _ in out if c.source_pos == 2 and c[0] != _CANCEL)
 
 
+# ------------------------------------------- the orderbook row is the truth
+def test_level_1_new_best_behind_an_emptied_best_is_placed_from_the_file(tmp_path):
+    # L = 1: the best bid goes; the file shows 999800 with 70, which the
+    # engine never saw (it was deeper than level 1).
+    rows = [
+        (msg(T0, 1, 11, 50, 999_900, 1), ([(999_900, 150)], [(1_000_100, 100)])),
+        (msg(T0 + 1, 3, 11, 50, 999_900, 1), ([(999_900, 100)], [(1_000_100, 100)])),
+        (msg(T0 + 2, 3, 3, 100, 999_900, 1), ([(999_800, 70)], [(1_000_100, 100)])),
+    ]
+    matcher, out = drive(LobsterSource(*write_day(tmp_path, rows, levels=1), mode="reconstruct"))
+    assert ladders(matcher) == ([(999_800, 70)], [(1_000_100, 100)])
+    assert commands_of_row(out, 2)[-1] == PlaceOrder.new("TEST", RESYNC_ID_BASE + 2 * ROW_STRIDE, BUY, 999_800, 70,
+                                                          ts_ns=T0 + 2, source="lobster:TEST", source_pos=2)
+    result = lobster_check(*write_day(tmp_path, rows, levels=1))
+    assert (result["mismatched_rows"], result["window_corrections"], result["trades"]) == (0, 0, 0)
+
+
+def test_a_level_known_to_be_gone_is_removed_at_the_top(tmp_path):
+    # L = 2, the bid side shows one level after row 1 (a dummy in the second
+    # place): the engine's other bid levels are gone, whatever it thought.
+    rows = [
+        (msg(T0, 1, 11, 5, 999_900, 1), ([(999_900, 105), (999_800, 200)], ASKS[:2])),
+        (msg(T0 + 1, 3, 11, 5, 999_900, 1), ([(999_900, 100)], ASKS[:2])),
+    ]
+    matcher, out = drive(LobsterSource(*write_day(tmp_path, rows, levels=2), mode="reconstruct"))
+    assert ladders(matcher)[0] == [(999_900, 100)]
+    result = lobster_check(*write_day(tmp_path, rows, levels=2))
+    assert result["mismatched_rows"] == 1 and result["window_corrections"] == 1
+    assert "bid 999800: engine 200 vs file 0" in result["first_mismatch"]["diff"]
+
+
+def test_a_new_order_that_would_cross_clears_stale_levels_and_never_trades(tmp_path):
+    # No orderbook file: ask 1000100 was entered, then left unseen; a bid at
+    # 1000100 means it is gone.
+    rows = [(msg(T0, 1, 21, 40, 1_000_100, -1), (BIDS, ASKS)),
+            (msg(T0 + 1, 1, 22, 10, 1_000_200, -1), (BIDS, ASKS)),
+            (msg(T0 + 2, 1, 23, 30, 1_000_100, 1), (BIDS, ASKS))]
+    messages, _ = write_day(tmp_path, rows)
+    for mode in ("reconstruct", "match"):
+        source = LobsterSource(messages, mode=mode)
+        matcher, out = drive(source)
+        assert not [e for _, events in out for e in events if e[0] == _TRADE]
+        assert ladders(matcher) == ([(1_000_100, 30)], [(1_000_200, 10)])
+        assert source.stats["stale_levels_removed"] == 1
+
+
+def test_sub_dollar_prices_open_a_book_with_the_sub_penny_tick(tmp_path):
+    bids, asks = [(9_871, 500)], [(9_874, 300)]
+    rows = [(msg(T0, 1, 11, 100, 9_871, 1), (bids, asks)),
+            (msg(T0 + 1, 1, 12, 50, 9_872, 1), ([(9_872, 50)] + bids, asks))]
+    messages, orderbook = write_day(tmp_path, rows, levels=2)
+    matcher, out = drive(LobsterSource(messages, orderbook, mode="reconstruct"))
+    assert out[0][0].tick_size == 1 and matcher.books["TEST"].tick_size == 1
+    assert not rejected(out) and ladders(matcher) == ([(9_872, 50), (9_871, 500)], asks)
+    # From $1 up the cent rule holds whatever the book's tick.
+    assert "Rule 612" in parse_message(msg(T0, 1, 13, 1, 10_050, 1))
+    assert isinstance(parse_message(msg(T0, 1, 13, 1, 9_999, 1)), Message)
+
+
+def test_hidden_cross_and_halt_rows_are_counted_and_change_nothing(tmp_path):
+    source = LobsterSource(*basic_day(tmp_path), mode="reconstruct")
+    drive(source)
+    assert (source.stats["hidden_executions"], source.stats["cross_trades"], source.stats["halts"]) == (1, 1, 1)
+    assert source.stats["corrected_rows"] == 0
+
+
 # ------------------------------------------------------------ match mode
 def sweep_day(tmp_path: Path) -> tuple[Path, Path]:
     """Order 21 rests behind the 999900 seed; one sell sweep takes the seed,
@@ -302,7 +368,8 @@ def test_lobster_check_reports_the_first_mismatch(tmp_path):
             (msg(T0 + 1, 1, 12, 5, 999_900, 1), ([(999_900, 150)] + BIDS[1:], ASKS))]  # file "forgets" 12
     result = lobster_check(*write_day(tmp_path, rows))
     assert result["mismatched_rows"] == 1
-    assert result["first_mismatch"] == {"row": 1, "diff": "bid level 1: engine (999900, 155) vs file (999900, 150)"}
+    assert result["first_mismatch"] == {"row": 1, "diff": "before the file's correction: bid 999900: engine 155 vs file 150"}
+    assert result["window_corrections"] == 1 and result["resync_reductions"] == 1
 
 
 # ---------------------------------------------------------- malformed rows
@@ -470,13 +537,15 @@ class TrueExchange:
         return write_day(tmp_path, self.rows, self.levels)
 
 
+@pytest.mark.parametrize("levels", [1, 2, L])
 @pytest.mark.parametrize("seed", range(6))
-def test_true_day_is_rebuilt_exactly(tmp_path, seed):
-    messages, orderbook = TrueExchange(seed).write(tmp_path, 400)
+def test_true_day_is_rebuilt_exactly(tmp_path, seed, levels):
+    messages, orderbook = TrueExchange(seed, levels).write(tmp_path, 400)
     result = lobster_check(messages, orderbook, mode="reconstruct")
     print(f"seed {seed}: {result}")
     assert result["rows"] >= 400 and result["rows_compared"] == result["rows"] and result["rejected"] == 0
     assert result["mismatched_rows"] == 0, result["first_mismatch"]
+    assert result["trades"] == 0 and result["window_corrections"] == 0
 
 
 @pytest.mark.parametrize("seed", range(6))
