@@ -422,15 +422,15 @@ class _FileFacts:
 class _Sweep:
     """Type-4 rows of one match-mode sweep, waiting for their last row."""
 
-    __slots__ = ("first_row", "last_row", "ts_ns", "direction", "rows", "prev_ob", "last_line", "last_ob")
+    __slots__ = ("first_row", "last_row", "ts_ns", "direction", "rows", "prev_row", "last_line", "last_ob")
 
-    def __init__(self, row: int, msg: Message, prev_ob: Any, ob_line: Optional[str]) -> None:
+    def __init__(self, row: int, msg: Message, prev_row: Any, ob_line: Optional[str]) -> None:
         self.first_row = row
         self.last_row = row
         self.ts_ns = msg.ts_ns
         self.direction = msg.direction
         self.rows: list[Message] = [msg]
-        self.prev_ob = prev_ob
+        self.prev_row = prev_row
         self.last_line = ob_line
         self.last_ob: Any = None
 
@@ -572,7 +572,8 @@ class LobsterSource:
         stats = self.stats
         match_mode = self.mode == "match"
         ob_iter: Iterator[str] = iter(ob_f) if ob_f is not None and levels else iter(())
-        prev_ob: Optional[tuple[Ladder, Ladder]] = None
+        # The previous orderbook row: a line, or parsed (the seeded state).
+        prev_row: Any = None
         prev_cols: Optional[list[str]] = None
         if start >= 0:
             for _ in islice(msg_f, start + 1):
@@ -581,8 +582,8 @@ class LobsterSource:
             for prev_line in islice(ob_iter, start + 1):
                 pass
             if prev_line is not None:
-                prev_ob = parse_orderbook_row(prev_line, levels)
-                prev_cols = prev_line.split(",") if prev_ob is not None else None
+                if parse_orderbook_row(prev_line, levels) is not None:
+                    prev_row, prev_cols = prev_line, prev_line.rstrip().split(",")
         row = start + 1
         line = msg_f.readline()
         ob_line = next(ob_iter, None)
@@ -596,7 +597,7 @@ class LobsterSource:
             yield AddSymbol.new(symbol, SUB_PENNY_TICK if sub_dollar else TICK_SIZE, first_ts, source=name,
                                 source_pos=start if start >= 0 else None)
         if ob0 is not None:
-            prev_ob = yield from self._seed(matcher, msg, ob0, first_ts)
+            prev_row = yield from self._seed(matcher, msg, ob0, first_ts)
         sweep: Optional[_Sweep] = None
         while line:
             if sweep is not None and isinstance(msg, Message) and msg.ts_ns == sweep.ts_ns and (
@@ -609,7 +610,7 @@ class LobsterSource:
                     stats["hidden_executions"] += 1
             else:
                 if sweep is not None:
-                    prev_ob, prev_cols = yield from self._sweep(matcher, sweep)
+                    prev_row, prev_cols = yield from self._sweep(matcher, sweep)
                     sweep = None
                 touched: Any = None
                 if not isinstance(msg, Message):
@@ -619,7 +620,7 @@ class LobsterSource:
                     stats["bad_rows"] += 1
                     yield BadInput.new(raw, msg, source=name, source_pos=row)
                 elif msg.type == 4 and match_mode:
-                    sweep = _Sweep(row, msg, prev_ob, ob_line)
+                    sweep = _Sweep(row, msg, prev_row, ob_line)
                 elif msg.type <= 4:
                     touched = yield from self._event(matcher, row, msg)
                 else:
@@ -632,10 +633,10 @@ class LobsterSource:
                         stats[_HALT_STATS.get(msg.price, "halts")] += 1
                 if sweep is None:
                     if ob_line is not None:
-                        prev_ob, prev_cols = yield from self._check_row(matcher, row, msg, ob_line, prev_ob,
-                                                                        prev_cols, touched)
+                        prev_row, prev_cols = yield from self._check_row(matcher, row, msg, ob_line, prev_row,
+                                                                         prev_cols, touched)
                     else:
-                        prev_ob = prev_cols = None
+                        prev_row = prev_cols = None
             line = msg_f.readline()
             ob_line = next(ob_iter, None)
             row += 1
@@ -720,51 +721,104 @@ class LobsterSource:
         return touched
 
     # ------------------------------------------------------ the file's truth
-    def _check_row(self, matcher: Matcher, row: int, msg: Any, ob_line: str,
-                   prev_ob: Optional[tuple[Ladder, Ladder]], prev_cols: Optional[list[str]],
-                   touched: Any) -> Generator[Command, None, tuple[Any, Any]]:
+    def _check_row(self, matcher: Matcher, row: int, msg: Any, ob_line: str, prev_row: Any,
+                   prev_cols: Optional[list[str]], touched: Any) -> Generator[Command, None, Any]:
         """After a row's own commands: make the book agree with the file's
-        orderbook row. Returns the row parsed and split, for the next row.
+        orderbook row. Returns ``(ob_line, cols)`` (the row and its fields,
+        for the next row) or ``(None, None)`` if the row is malformed.
 
-        Fast path (no parsing beyond ``str.split``): if the commands changed
-        only the level ``touched`` and the file's row differs from the last
-        one in at most that level's size, which the book now holds, or not at
-        all while that level lies beyond the window, book and file agree
-        (they did after the last row). Otherwise the row is parsed and
-        :meth:`_reconcile`\\ d.
+        Fast path, on the fields as strings: book and file agreed after the
+        previous row, and the row's commands changed only the level
+        ``touched``; if the file's row is the previous one with that level's
+        size set to what the book now holds, the level inserted, or the level
+        removed (and the level scrolling in at the edge is what the book
+        holds there, with nothing between), they agree again. Anything else
+        is parsed and :meth:`_reconcile`\\ d.
         """
-        cols = ob_line.split(",")
-        if prev_cols is not None and prev_ob is not None and touched is not None and len(cols) == len(prev_cols):
-            diffs = list(map(ne, cols, prev_cols))
-            changed = diffs.count(True)
-            if changed == 0:
-                if touched is _UNCHANGED:
-                    return prev_ob, cols
-                side, price = touched
-                ladder = prev_ob[0] if side == BUY else prev_ob[1]
-                if len(ladder) >= (self.levels or 0) and _beyond(side, price, ladder[-1][0]):
-                    return prev_ob, cols
-            elif changed == 1 and touched is not _UNCHANGED:
-                i = diffs.index(True)
-                side, price = touched
-                k = i >> 2
-                ladder = prev_ob[0] if side == BUY else prev_ob[1]
-                if (i & 3) == (3 if side == BUY else 1) and k < len(ladder) and ladder[k][0] == price \
-                        and cols[i - 1] == prev_cols[i - 1]:
-                    book = matcher.books.get(self.symbol)
-                    level = None if book is None else (book.bid_levels if side == BUY else book.ask_levels).get(price)
-                    text = cols[i]
-                    if level is not None and text.strip().isdigit() and level.qty == int(text):
-                        ladder = list(ladder)
-                        ladder[k] = (price, level.qty)
-                        return ((ladder, prev_ob[1]) if side == BUY else (prev_ob[0], ladder)), cols
-        ob = parse_orderbook_row(ob_line, self.levels or 0)
+        cols = ob_line.rstrip().split(",")
+        if prev_cols is not None and touched is not None and len(cols) == len(prev_cols):
+            if touched is _UNCHANGED:
+                if cols == prev_cols:
+                    return ob_line, cols
+            elif self._agrees(matcher, cols, prev_cols, touched):
+                return ob_line, cols
+        levels = self.levels or 0
+        ob = parse_orderbook_row(ob_line, levels)
         if ob is None:
             self.stats["bad_orderbook_rows"] += 1
             return None, None
         ts_ns = msg.ts_ns if isinstance(msg, Message) else 0
-        yield from self._reconcile(matcher, row, ts_ns, prev_ob, ob)
-        return ob, cols
+        yield from self._reconcile(matcher, row, ts_ns, self._parsed(prev_row), ob)
+        return ob_line, cols
+
+    def _parsed(self, prev_row: Any) -> Optional[tuple[Ladder, Ladder]]:
+        """A previous row (a line, already parsed, or ``None``) parsed."""
+        if isinstance(prev_row, str):
+            return parse_orderbook_row(prev_row, self.levels or 0)
+        return prev_row
+
+    def _agrees(self, matcher: Matcher, cols: list[str], prev_cols: list[str], touched: tuple[int, int]) -> bool:
+        """Whether the row ``cols`` is what the previous row ``prev_cols``
+        becomes when only the level ``touched`` changed to what the book now
+        holds (see :meth:`_check_row`). False means "not sure", never wrong."""
+        side, price = touched
+        x = 2 if side == BUY else 0            # column of the side's level-1 price
+        o = 2 - x                              # the other side's
+        if cols[o::4] != prev_cols[o::4] or cols[o + 1::4] != prev_cols[o + 1::4]:
+            return False
+        book = matcher.books.get(self.symbol)
+        if book is None:
+            return False
+        book_levels = book.bid_levels if side == BUY else book.ask_levels
+        level = book_levels.get(price)
+        qty = level.qty if level is not None else 0
+        new_p, new_q = cols[x::4], cols[x + 1::4]
+        old_p, old_q = prev_cols[x::4], prev_cols[x + 1::4]
+        last = len(new_p) - 1
+        p_text = str(price)
+        try:
+            k = old_p.index(p_text)
+        except ValueError:
+            k = -1
+        if k >= 0 and old_q[k] != "0":
+            if qty:                                                    # a size change
+                return (new_p == old_p and new_q[k] == str(qty)
+                        and new_q[:k] == old_q[:k] and new_q[k + 1:] == old_q[k + 1:])
+            # The level went: the rest moves up one place, and the last place
+            # shows the level behind the old edge (or a dummy).
+            if not (new_p[:k] == old_p[:k] and new_q[:k] == old_q[:k]
+                    and new_p[k:last] == old_p[k + 1:] and new_q[k:last] == old_q[k + 1:]):
+                return False
+            edge_q = old_q[last]
+            if edge_q == "0":                  # the side already showed all its levels
+                return new_q[last] == "0"
+            if new_q[last] == "0":     # the file now says there is no more
+                return len(book_levels) == last
+            try:
+                edge, far, far_q = int(old_p[last]), int(new_p[last]), int(new_q[last])
+            except ValueError:
+                return False
+            far_level = book_levels.get(far)
+            if far_level is None or far_level.qty != far_q:
+                return False
+            prices = book.bid_prices if side == BUY else book.ask_prices
+            between = prices.irange(far, edge, inclusive=(False, False)) if side == BUY else \
+                prices.irange(edge, far, inclusive=(False, False))
+            return next(iter(between), None) is None
+        if not qty:
+            return False
+        if new_p == old_p and new_q == old_q:  # a level beyond the window
+            try:
+                edge = int(old_p[last])
+            except ValueError:
+                return False
+            return old_q[last] != "0" and _beyond(side, price, edge)
+        try:
+            k = new_p.index(p_text)            # a new level inside the window
+        except ValueError:
+            return False
+        return (new_q[k] == str(qty) and new_p[:k] == old_p[:k] and new_q[:k] == old_q[:k]
+                and new_p[k + 1:] == old_p[k:last] and new_q[k + 1:] == old_q[k:last])
 
     def _reconcile(self, matcher: Matcher, row: int, ts_ns: int, prev_ob: Optional[tuple[Ladder, Ladder]],
                    ob: tuple[Ladder, Ladder]) -> Iterator[Command]:
@@ -932,9 +986,9 @@ class LobsterSource:
         yield from self._repair(book, sweep, maker_side, pre, prices, levels)
         if sweep.last_ob is None:
             return None, None
-        yield from self._reconcile(matcher, row, ts_ns, sweep.prev_ob, sweep.last_ob)
+        yield from self._reconcile(matcher, row, ts_ns, self._parsed(sweep.prev_row), sweep.last_ob)
         assert line is not None
-        return sweep.last_ob, line.split(",")
+        return line, line.rstrip().split(",")
 
     def _repair(self, book: OrderBook, sweep: _Sweep, maker_side: int, pre: list[tuple[Any, int]],
                 prices: list[int], levels: dict) -> Iterator[Command]:

@@ -558,6 +558,22 @@ def test_true_day_matches_in_match_mode(tmp_path, seed):
     assert result["fills_compared"] > 0 and result["fills_agreeing"] >= 0.9 * result["fills_compared"]
 
 
+@pytest.mark.parametrize("levels", [1, 2, L, 6])
+@pytest.mark.parametrize("mode", ["reconstruct", "match"])
+def test_the_fast_path_never_changes_a_command(tmp_path, monkeypatch, mode, levels):
+    """The string comparison of a row with the last one may only skip a
+    reconciliation that would have changed nothing."""
+    for seed in range(3):
+        messages, orderbook = TrueExchange(100 + seed, levels).write(tmp_path, 600)
+        fast_source = LobsterSource(messages, orderbook, mode=mode)
+        fast, fast_out = drive(fast_source)
+        with monkeypatch.context() as patch:
+            patch.setattr(LobsterSource, "_agrees", lambda *args: False)
+            slow, slow_out = drive(LobsterSource(messages, orderbook, mode=mode))
+        assert [c for c, _ in fast_out] == [c for c, _ in slow_out]
+        assert fast.state_hash() == slow.state_hash()
+
+
 # ------------------------------------------------------------------ resume
 @pytest.mark.parametrize("mode", ["reconstruct", "match"])
 def test_resume_after_any_row_reproduces_the_tail(tmp_path, mode):
