@@ -110,7 +110,7 @@ from engine.core import (BUY, SELL, AddSymbol, AmendOrder, BadInput, CancelOrder
 
 __all__ = [
     "LobsterSource", "LobsterFileError", "Message", "parse_message", "parse_orderbook_row",
-    "parse_file_name", "synthetic_kind", "count_rows",
+    "parse_file_name", "synthetic_kind", "count_rows", "open_rows",
     "TICK_SIZE", "SUB_PENNY_TICK", "PENNY_RULE_PRICE", "SEED_ID_BASE", "RESYNC_ID_BASE", "REPAIR_ID_BASE", "TAKER_ID_BASE",
     "SYNTHETIC_ID_END", "ROW_STRIDE", "DUMMY_ASK_PRICE", "DUMMY_BID_PRICE", "MAX_SIZE",
 ]
@@ -363,9 +363,13 @@ def count_rows(path: Union[str, Path]) -> int:
     return rows + (last != b"\n")
 
 
-def _open_text(path: Path) -> IO[str]:
-    """Open for reading rows split on ``\\n`` only (so row numbers agree with
-    :func:`count_rows`); undecodable bytes become U+FFFD."""
+def open_rows(path: Union[str, Path]) -> IO[str]:
+    """Open a LOBSTER file for reading rows split on ``\\n`` only (so row
+    numbers agree with :func:`count_rows`); undecodable bytes become U+FFFD.
+
+    Raises:
+        LobsterFileError: the file cannot be opened.
+    """
     try:
         return open(path, "r", encoding="utf-8", errors="replace", newline="\n")
     except OSError as exc:
@@ -504,7 +508,7 @@ class LobsterSource:
     def _levels_from_orderbook(self) -> Optional[int]:
         assert self.orderbook_path is not None
         count_rows(self.orderbook_path)
-        with _open_text(self.orderbook_path) as f:
+        with open_rows(self.orderbook_path) as f:
             first = f.readline().strip()
         cols = first.count(",") + 1
         return cols // 4 if first and cols % 4 == 0 else None
@@ -537,12 +541,12 @@ class LobsterSource:
         start = -1 if after is None else int(after)
         self.stats = dict.fromkeys(_STATS, 0)
         self.window_correction_rows = []
-        msg_f = _open_text(self.messages_path)
+        msg_f = open_rows(self.messages_path)
         self._files.append(msg_f)
         ob_f = None
         try:
             if self.orderbook_path is not None and self.levels:
-                ob_f = _open_text(self.orderbook_path)
+                ob_f = open_rows(self.orderbook_path)
                 self._files.append(ob_f)
             if self._facts is None:
                 self._facts = _FileFacts(msg_f)
