@@ -603,6 +603,7 @@ class LobsterSource:
         if ob0 is not None:
             prev_row = yield from self._seed(matcher, msg, ob0, first_ts)
         sweep: Optional[_Sweep] = None
+        agrees = self._agrees
         while line:
             if sweep is not None and isinstance(msg, Message) and msg.ts_ns == sweep.ts_ns and (
                     msg.type == 5 or msg.type == 4 and msg.direction == sweep.direction):
@@ -636,11 +637,19 @@ class LobsterSource:
                     elif msg.type == 7:
                         stats[_HALT_STATS.get(msg.price, "halts")] += 1
                 if sweep is None:
-                    if ob_line is not None:
-                        prev_row, prev_cols = yield from self._check_row(matcher, row, msg, ob_line, prev_row,
-                                                                         prev_cols, touched)
-                    else:
+                    if ob_line is None:
                         prev_row = prev_cols = None
+                    else:
+                        # The file's row against the book: the fast path of
+                        # _check_row, inline (most rows end here).
+                        cols = ob_line.rstrip().split(",")
+                        if prev_cols is not None and touched is not None and len(cols) == len(prev_cols) and (
+                                cols == prev_cols if touched is _UNCHANGED
+                                else agrees(matcher, cols, prev_cols, touched)):
+                            prev_row, prev_cols = ob_line, cols
+                        else:
+                            prev_row, prev_cols = yield from self._check_row(matcher, row, msg, ob_line, cols,
+                                                                             prev_row)
             line = msg_f.readline()
             ob_line = next(ob_iter, None)
             row += 1
@@ -725,27 +734,21 @@ class LobsterSource:
         return touched
 
     # ------------------------------------------------------ the file's truth
-    def _check_row(self, matcher: Matcher, row: int, msg: Any, ob_line: str, prev_row: Any,
-                   prev_cols: Optional[list[str]], touched: Any) -> Generator[Command, None, Any]:
+    def _check_row(self, matcher: Matcher, row: int, msg: Any, ob_line: str, cols: list[str],
+                   prev_row: Any) -> Generator[Command, None, Any]:
         """After a row's own commands: make the book agree with the file's
-        orderbook row. Returns ``(ob_line, cols)`` (the row and its fields,
-        for the next row) or ``(None, None)`` if the row is malformed.
+        orderbook row ``ob_line`` (split: ``cols``). Returns ``(ob_line,
+        cols)`` for the next row, or ``(None, None)`` if the row is malformed.
 
-        Fast path, on the fields as strings: book and file agreed after the
-        previous row, and the row's commands changed only the level
-        ``touched``; if the file's row is the previous one with that level's
-        size set to what the book now holds, the level inserted, or the level
-        removed (and the level scrolling in at the edge is what the book
-        holds there, with nothing between), they agree again. Anything else
-        is parsed and :meth:`_reconcile`\\ d.
+        Fast path (inline in :meth:`_run`), on the fields as strings: book
+        and file agreed after the previous row, and the row's commands
+        changed only the level ``touched``; if the file's row is the previous
+        one with that level's size set to what the book now holds, the level
+        inserted, or the level removed (and the level scrolling in at the edge
+        is what the book holds there, with nothing between), they agree again
+        (:meth:`_agrees`). Anything else comes here: parsed and
+        :meth:`_reconcile`\\ d.
         """
-        cols = ob_line.rstrip().split(",")
-        if prev_cols is not None and touched is not None and len(cols) == len(prev_cols):
-            if touched is _UNCHANGED:
-                if cols == prev_cols:
-                    return ob_line, cols
-            elif self._agrees(matcher, cols, prev_cols, touched):
-                return ob_line, cols
         levels = self.levels or 0
         ob = parse_orderbook_row(ob_line, levels)
         if ob is None:
