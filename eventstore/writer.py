@@ -48,7 +48,7 @@ import zstandard
 
 from .buffer import EventBuffer
 from .errors import WalSequenceError, WriterDiedError
-from .fsio import atomic_write, fsync_dir
+from .fsio import atomic_write, fsync_dir, preallocate_keep_size
 from .segment import encode_frame_header, encode_segment_header, list_segments, segment_name
 
 __all__ = ["WalWriter", "CommitStats"]
@@ -255,6 +255,10 @@ class WalWriter:
     def _open_segment(self, first_seq: int) -> None:
         path = self._segment_path(first_seq)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        # Blocks for the whole segment now, its size unchanged (FORMAT.md: a
+        # segment is only the bytes written): appends then never allocate while
+        # the syncer's fdatasync writes back the blocks before them.
+        preallocate_keep_size(fd, self.segment_size_bytes)
         header = encode_segment_header(first_seq)
         os.write(fd, header)
         self._fd = fd
@@ -264,8 +268,9 @@ class WalWriter:
         self._notify(first_seq, self._written_seq)
 
     def _rotate(self) -> None:
-        old_first, old_fd = self._seg_first, self._fd
+        old_first, old_fd, old_size = self._seg_first, self._fd, self._seg_size
         self._open_segment(self._next_seq)
+        _release_preallocation(old_fd, old_size)
         os.close(old_fd)
         if self.compress_sealed:
             self._seal_queue.put((old_first, self._written_seq))
@@ -387,6 +392,7 @@ class WalWriter:
         finally:
             self._closed = True
             os.close(self._req_w)
+            _release_preallocation(self._fd, self._seg_size)
             os.close(self._fd)
             self._syncer.wait()
             self.syncer_pid = 0
@@ -399,6 +405,16 @@ class WalWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _release_preallocation(fd: int, size_bytes: int) -> None:
+    """Give back the blocks preallocated past ``size_bytes`` (the bytes
+    written) of a segment that is done: ``ftruncate`` to its own size."""
+    try:
+        if os.fstat(fd).st_size == size_bytes:
+            os.ftruncate(fd, size_bytes)
+    except OSError:
+        pass   # the blocks stay reserved until the segment is sealed (unlinked)
 
 
 def seal_segment(wal_dir: str, first_seq: int, level: int = 1) -> Optional[str]:
