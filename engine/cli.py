@@ -32,12 +32,17 @@ def _require_data(data_dir: str) -> None:
         _fail(f"no evengine data in {data_dir} (no wal/ directory); run `evengine start --data-dir {data_dir} ...` first")
 
 
-def make_source(spec: str, symbol: Optional[str] = None) -> Any:
+def make_source(spec: str, symbol: Optional[str] = None, *, price_decimals: Optional[int] = None,
+                size_decimals: Optional[int] = None) -> Any:
     """Build a source from ``lobster:MESSAGES[:ORDERBOOK]``, ``bitstamp:ORDERS``
     or ``synthetic:N[:SEED]`` (the seeded benchmark flow).
 
+    ``price_decimals``/``size_decimals`` (Bitstamp only; ``None``: measured
+    from the file) fix the units, see ``engine.io.bitstamp.BitstampSource``.
+
     Raises:
-        ValueError: unknown kind or missing file.
+        ValueError: unknown kind, missing file, a wrong Bitstamp header, or
+            decimals given for a source other than Bitstamp.
     """
     kind, _, rest = spec.partition(":")
     if not rest:
@@ -55,7 +60,10 @@ def make_source(spec: str, symbol: Optional[str] = None) -> Any:
         if not os.path.isfile(rest):
             raise ValueError(f"no such file: {rest}")
         from engine.io.bitstamp import BitstampSource
-        return BitstampSource(rest, symbol=symbol or "BTCUSD")
+        return BitstampSource(rest, symbol=symbol or "BTCUSD", price_decimals=price_decimals,
+                              size_decimals=size_decimals)
+    if price_decimals is not None or size_decimals is not None:
+        raise ValueError(f"source {spec!r}: --price-decimals/--size-decimals apply to bitstamp sources only")
     if kind == "synthetic":
         parts = rest.split(":")
         try:
@@ -70,7 +78,7 @@ def make_source(spec: str, symbol: Optional[str] = None) -> Any:
 
 @app.command()
 def start(
-    source: Optional[str] = typer.Option(None, "--source", "-s", help="lobster:MESSAGES[:ORDERBOOK], bitstamp:ORDERS (.csv or .csv.gz) or synthetic:N[:SEED]."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="lobster:MESSAGES[:ORDERBOOK], bitstamp:ORDERS (.csv, .gz, .xz or .bz2; R or PyPI ob-analytics layout) or synthetic:N[:SEED]."),
     data_dir: str = DataDir,
     symbol: Optional[str] = typer.Option(None, help="Symbol for a LOBSTER file (default: the ticker in its name)."),
     speed: float = typer.Option(0.0, help="Pace: X times the file's own clock (1 = real time); 0 = as fast as possible."),
@@ -92,6 +100,8 @@ def start(
     token: Optional[str] = typer.Option(None, "--token", envvar="EVENGINE_TOKEN", help="Bearer token for order entry; required when --http is not on a loopback address."),
     pin_cpus: Optional[bool] = typer.Option(None, "--pin-cpus/--no-pin-cpus", help="Keep matching off the WAL syncer's CPU (default: on for a file source; off with --kafka/--http, where a broker or clients on the same machine need that CPU too)."),
     add_symbol: list[str] = typer.Option([], "--add-symbol", help="Open the book SYMBOL[:TICK_SIZE] at start if missing (repeatable; Kafka/HTTP mode)."),
+    price_decimals: Optional[int] = typer.Option(None, "--price-decimals", help="Bitstamp source: the price unit is 10^-N USD (default: the most decimals in the file)."),
+    size_decimals: Optional[int] = typer.Option(None, "--size-decimals", help="Bitstamp source: a lot is 10^-N of the file's volume unit (default: the most decimals in the file)."),
 ) -> None:
     """Recover, then run the engine: on a file source to its end (exit 0 with
     a summary), or, with --kafka and/or --http, as a service until stopped.
@@ -113,7 +123,7 @@ def start(
     if source is None:
         _fail("nothing to run: give --source FILE, --kafka BOOTSTRAP or --http HOST:PORT", 2)
     try:
-        src = make_source(source, symbol)
+        src = make_source(source, symbol, price_decimals=price_decimals, size_decimals=size_decimals)
     except ValueError as exc:
         _fail(str(exc), 2)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
@@ -400,6 +410,31 @@ def lobster_check(
     if mode not in ("reconstruct", "match"):
         _fail("--mode must be reconstruct or match", 2)
     report = run_check(str(messages), str(orderbook), mode=mode, symbol=symbol)
+    if json_out:
+        print(json.dumps(report, default=str))
+    else:
+        for key, value in report.items():
+            typer.echo(f"{key}: {value}")
+
+
+@app.command("bitstamp-check")
+def bitstamp_check(
+    orders: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bitstamp orders CSV (R or PyPI ob-analytics layout; plain, gz, xz or bz2)."),
+    trades: Optional[Path] = typer.Option(None, "--trades", exists=True, dir_okay=False, help="The real trades: trades.csv, or a websocket log of '<ms> trade {json}' lines."),
+    price_decimals: Optional[int] = typer.Option(None, "--price-decimals", help="The price unit is 10^-N USD (default: the most decimals in the file)."),
+    size_decimals: Optional[int] = typer.Option(None, "--size-decimals", help="A lot is 10^-N of the file's volume unit (default: the most decimals in the file)."),
+    symbol: str = typer.Option("BTCUSD", "--symbol", help="The engine symbol."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Replay a Bitstamp capture through an in-memory engine; with --trades,
+    compare its trades with the real ones (engine.io.bitstamp.compare_trades),
+    else print the units, commands, rejects by reason and resting orders."""
+    from engine.io.bitstamp import BitstampSource, compare_trades, replay_capture
+    try:
+        source = BitstampSource(orders, symbol=symbol, price_decimals=price_decimals, size_decimals=size_decimals)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    report = compare_trades(source, trades) if trades is not None else replay_capture(source)["summary"]
     if json_out:
         print(json.dumps(report, default=str))
     else:
