@@ -85,7 +85,8 @@ def start(
     snapshot_every: int = typer.Option(1_000_000, help="Snapshot every N WAL events (0: only on demand)."),
     snapshot_retain: int = typer.Option(3, help="Snapshots kept."),
     batch_max: int = typer.Option(256, help="Most commands per group-commit batch."),
-    batch_linger_ms: float = typer.Option(0.25, help="A batch also ends once open this long (ms)."),
+    batch_linger_ms: float = typer.Option(0.25, help="A batch also ends once open this long (ms): Kafka, HTTP and --speed runs."),
+    bulk_linger_ms: float = typer.Option(50.0, help="The same bound for a file run as fast as possible (ms; full frames); 0: use --batch-linger-ms."),
     segment_size_mb: float = typer.Option(64.0, help="WAL segment size before it is sealed (MiB)."),
     print_trades: bool = typer.Option(False, help="Print each trade as a JSON line once it is durable."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: when stderr is a terminal)."),
@@ -127,7 +128,8 @@ def start(
     except ValueError as exc:
         _fail(str(exc), 2)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
-                       batch_max=batch_max, batch_linger_ms=batch_linger_ms, segment_size_bytes=int(segment_size_mb * (1 << 20)),
+                       batch_max=batch_max, batch_linger_ms=batch_linger_ms, bulk_linger_ms=bulk_linger_ms,
+                       segment_size_bytes=int(segment_size_mb * (1 << 20)),
                        pin_cpus=True if pin_cpus is None else pin_cpus)
     engine = Engine(cfg)
     try:

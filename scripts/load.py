@@ -11,7 +11,7 @@ Sources (``--source``):
                             5% marketable); with ``--symbols K``, K interleaved flows on
                             SYN0..SYN{K-1} (seeds SEED, SEED+1, ...) with N/K orders each.
   lobster:MESSAGES[:ORDERBOOK]  a LOBSTER message file (``engine.io.lobster``, match mode).
-  bitstamp:ORDERS           a Bitstamp L3 capture, .csv or .csv.gz (``engine.io.bitstamp``).
+  bitstamp:ORDERS           a Bitstamp L3 capture, either ob-analytics layout, plain/.gz/.xz/.bz2 (``engine.io.bitstamp``).
 Each flow starts with its ``add_symbol``. The LOBSTER and Bitstamp sources decide some
 commands from the book they see, so this script keeps a shadow ``Matcher`` of its own
 and applies every command to it as it generates the flow. Commands that are not orders
