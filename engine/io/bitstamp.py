@@ -173,6 +173,7 @@ from bisect import bisect_left
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -230,6 +231,11 @@ _REJECTED = Kind.REJECTED.value
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
 _ZERO = re.compile(r"[+-]?0*\.?0*(?:[eE][+-]?[0-9]{1,3})?")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _is_digits(text: str) -> bool:
+    """``_DIGITS.fullmatch(text)``, without the regex: 1 to 19 ASCII digits."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit()
 _MAX_SCALE = 30
 _RAW_FIELDS, _RAW_CHARS = 16, 256
 _MAGIC = ((b"\x1f\x8b", "gz"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bz2"))
@@ -255,6 +261,16 @@ def parse_scaled(text: str, decimals: int) -> int:
         ValueError: not such a number, negative, more decimals than the unit
             allows, or more than 10**30 units.
     """
+    # Fast path, the form nearly every row has: ASCII digits with at most one
+    # point, no sign or exponent (the same result as the exact path below).
+    whole, dot, frac = text.partition(".")
+    if (whole.isdigit() or not whole and frac) and (not frac or frac.isdigit()) and text.isascii() \
+            and len(text) <= 64:
+        frac = frac.rstrip("0")
+        if len(frac) <= decimals:
+            value = int((whole or "0") + frac.ljust(decimals, "0")) if decimals or whole else 0
+            if value < 10 ** _MAX_SCALE or not value:
+                return value
     if len(text) > 64 or not _NUMBER.fullmatch(text):
         raise ValueError(f"not a decimal number: {text[:64]!r}")
     sign, digits, exponent = Decimal(text).as_tuple()
@@ -283,6 +299,10 @@ def decimals_of(text: str) -> Optional[int]:
         ``>= 0``, or ``None`` if ``text`` is not a decimal number
         (see :func:`parse_scaled`).
     """
+    whole, dot, frac = text.partition(".")
+    if (whole.isdigit() or not whole and frac) and (not frac or frac.isdigit()) and text.isascii() \
+            and len(text) <= 64:
+        return len(frac.rstrip("0"))       # the plain form, as the exact path below would say
     if len(text) > 64 or not _NUMBER.fullmatch(text):
         return None
     if "e" in text or "E" in text:
@@ -401,6 +421,7 @@ class BitstampSource:
             raise ValueError(f"{self.path}: cannot read the header row: {exc}") from exc
         self.layout = self._layout_of(header, layout)
         self._index = [header.index(c) for c in self.layout.columns]
+        self._pick = itemgetter(*self._index)
         self._time_i = header.index(self.layout.time_column)
         self._width = len(header)
         for label, value in (("price_decimals", price_decimals), ("size_decimals", size_decimals)):
@@ -429,6 +450,7 @@ class BitstampSource:
         most = {"price": (-1, None, None), "volume": (-1, None, None)}   # decimals, row, text
         prices: set[str] = set()
         top_volume, top_volume_row = Decimal(0), None
+        top_rough = 0.0
         rows = 0
         with open_text(self.path) as f:
             for row_no, row in _rows(f):
@@ -442,8 +464,14 @@ class BitstampSource:
                 if dv is not None:
                     if dv > most["volume"][0]:
                         most["volume"] = (dv, row_no, volume_text)
-                    if volume_text[:1] != "-" and Decimal(volume_text) > top_volume:
-                        top_volume, top_volume_row = Decimal(volume_text), row_no
+                    if volume_text[:1] != "-":
+                        # float() finds the largest cheaply; Decimal decides among near-ties
+                        rough = float(volume_text)
+                        if rough >= top_rough:
+                            exact = Decimal(volume_text)
+                            if exact > top_volume:
+                                top_volume, top_volume_row = exact, row_no
+                            top_rough = max(top_rough, rough)
                 action = row[action_i]
                 if dp is not None and (action == "changed" or action == "created" and dv is not None
                                        and not _ZERO.fullmatch(volume_text)):
@@ -535,15 +563,15 @@ class BitstampSource:
         if len(row) != self._width:
             return BadInput.new(_raw(row), f"expected {self._width} columns, got {len(row)}",
                                 source=name, source_pos=row_no)
-        id_text, _, _, price_text, volume_text, action, direction = (row[i] for i in self._index)
+        id_text, _, _, price_text, volume_text, action, direction = self._pick(row)
         ts_text = row[self._time_i]
         ts_ns = 0
         try:
-            if not _DIGITS.fullmatch(ts_text) or int(ts_text) * _NS_PER_MS > _INT64_MAX:
+            if not _is_digits(ts_text) or int(ts_text) * _NS_PER_MS > _INT64_MAX:
                 raise ValueError(f"{self.layout.time_column} {ts_text[:32]!r} is not integer ms "
                                  f"in 0..{_INT64_MAX // _NS_PER_MS}")
             ts_ns = int(ts_text) * _NS_PER_MS
-            if not _DIGITS.fullmatch(id_text) or not 0 < int(id_text) <= MAX_ORDER_ID:
+            if not _is_digits(id_text) or not 0 < int(id_text) <= MAX_ORDER_ID:
                 raise ValueError(f"id {id_text[:32]!r} is not an integer in 1..2**63-1")
             order_id = int(id_text)
             side = _SIDES.get(direction)
