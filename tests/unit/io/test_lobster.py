@@ -574,6 +574,66 @@ def test_the_fast_path_never_changes_a_command(tmp_path, monkeypatch, mode, leve
         assert fast.state_hash() == slow.state_hash()
 
 
+# ------------------------------------- a simulated market at any level count
+GENERATED_LEVELS = (1, 2, 5, 10, 50)
+
+
+@pytest.fixture(scope="module", params=[(0, 100), (1, 100), (2, 1)], ids=["seed0", "seed1", "seed2-subpenny"])
+def generated(request, tmp_path_factory) -> dict:
+    """One simulated market (``tests/support/lobster_market.py``: hidden
+    orders, sweeps, halts, thin-outs, deep orders) written as LOBSTER files at
+    every level count of ``GENERATED_LEVELS``: the orderbook files are its
+    truth."""
+    from tests.support.lobster_market import MarketConfig, write_days
+    seed, tick = request.param
+    config = MarketConfig(seed=seed, rows=5000, levels=10, tick=tick)
+    return write_days(tmp_path_factory.mktemp(f"market{seed}"), config, levels=GENERATED_LEVELS)
+
+
+@pytest.mark.parametrize("levels", GENERATED_LEVELS)
+def test_generated_day_is_rebuilt_exactly_at_any_level_count(generated, levels):
+    day = generated[levels]
+    result = lobster_check(day.messages, day.orderbook, mode="reconstruct")
+    print(levels, day.counts, result)
+    assert result["levels"] == levels and result["rows"] == result["rows_compared"] == day.rows
+    assert result["mismatched_rows"] == 0, result["first_mismatch"]
+    assert result["trades"] == 0 and result["rejected"] == 0 and result["bad_rows"] == 0
+    assert result["window_corrections"] == 0
+    assert result["halts"] == result["trading_resumed"] == day.counts["halts"] > 0
+    assert result["cross_trades"] == day.counts["type_6"] and result["hidden_executions"] == day.counts["type_5"]
+
+
+@pytest.mark.parametrize("levels", GENERATED_LEVELS)
+def test_generated_day_in_match_mode_at_any_level_count(generated, levels):
+    day = generated[levels]
+    result = lobster_check(day.messages, day.orderbook, mode="match")
+    print(levels, result)
+    assert result["mismatched_rows"] == 0, result["first_mismatch"]
+    assert result["rejected"] == 0 and result["rows_compared"] + result["rows_in_sweeps"] == day.rows
+    assert result["fills_compared"] > 100 and result["fills_agreeing"] >= 0.9 * result["fills_compared"]
+
+
+@pytest.mark.parametrize("levels", [1, 10])
+def test_generated_day_without_its_orderbook_never_trades_in_reconstruct_mode(generated, levels):
+    day = generated[levels]
+    source = LobsterSource(day.messages, mode="reconstruct")
+    matcher = Matcher()
+    for cmd in source.commands(matcher, None):
+        events = matcher.apply(matcher.last_seq + 1, cmd)
+        assert not [e for e in events if e[0] == _TRADE], cmd
+        assert not events or events[-1][0] != Kind.REJECTED.value or cmd[0] == _BAD, (cmd, events)
+    matcher.check_invariants()
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_generated_level_50_day_cut_to_fewer_levels_is_rebuilt_exactly(generated, tmp_path, k):
+    from tests.support.lobster_market import derive_levels
+    day = generated[50]
+    messages, orderbook = derive_levels(day.messages, day.orderbook, k, tmp_path)
+    result = lobster_check(messages, orderbook, mode="reconstruct")
+    assert result["mismatched_rows"] == 0 and result["trades"] == 0 and result["window_corrections"] == 0
+
+
 # ------------------------------------------------------------------ resume
 @pytest.mark.parametrize("mode", ["reconstruct", "match"])
 def test_resume_after_any_row_reproduces_the_tail(tmp_path, mode):
@@ -659,6 +719,31 @@ def test_real_aapl_resume_reproduces_the_tail():
                               after=matcher.positions["lobster:AAPL"])
         assert [c for c, _ in tail] == cmds[n:]
         assert matcher.state_hash() == full.state_hash()
+
+
+@pytest.fixture(scope="module")
+def derived_days(tmp_path_factory) -> dict:
+    """The real level-10 days cut to their top 1, 2 and 5 levels (the first
+    4k columns of each orderbook row; the message file unchanged, so it
+    holds events deeper than k too)."""
+    from tests.support.lobster_market import derive_levels
+    out = {}
+    for symbol in ("AAPL", "GOOG"):
+        messages, orderbook = real_day(symbol)
+        for k in (1, 2, 5):
+            out[symbol, k] = derive_levels(messages, orderbook, k, tmp_path_factory.mktemp(f"{symbol}{k}"))
+    return out
+
+
+@pytest.mark.parametrize("symbol", ["AAPL", "GOOG"])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_real_days_cut_to_fewer_levels_are_rebuilt_exactly(derived_days, symbol, k):
+    messages, orderbook = derived_days[symbol, k]
+    result = lobster_check(messages, orderbook, mode="reconstruct")
+    print(result)
+    assert result["levels"] == k and result["rows"] == result["rows_compared"]
+    assert result["mismatched_rows"] == 0, result["first_mismatch"]
+    assert result["trades"] == 0 and result["rejected"] == 0 and result["window_corrections"] == 0
 
 
 @pytest.fixture(scope="module")
