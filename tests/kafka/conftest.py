@@ -49,8 +49,15 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         _missing(f"scripts/kafka_broker.sh start failed: {exc}")
     if out.returncode != 0:
         _missing(f"scripts/kafka_broker.sh start exited {out.returncode}: {out.stderr[-2000:]}")
-    boot = next(line.split("=", 1)[1] for line in out.stdout.splitlines()
-                if line.startswith("KAFKA_BOOTSTRAP_SERVERS="))
+    # The script prints its env file; read the file too (one run printed
+    # nothing on stdout though it exited 0 and the broker was up).
+    env_file = run_dir / "env"
+    lines = out.stdout.splitlines() + (env_file.read_text().splitlines() if env_file.exists() else [])
+    boot = next((line.split("=", 1)[1] for line in lines if line.startswith("KAFKA_BOOTSTRAP_SERVERS=")), None)
+    if boot is None:
+        subprocess.run([str(BROKER_SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+        _missing(f"scripts/kafka_broker.sh start printed no KAFKA_BOOTSTRAP_SERVERS: stdout {out.stdout[-1000:]!r}, "
+                 f"stderr {out.stderr[-1000:]!r}")
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = boot
     try:
         yield boot
