@@ -769,16 +769,23 @@ class LobsterSource:
         becomes when only the level ``touched`` changed to what the book now
         holds (see :meth:`_check_row`). False means "not sure", never wrong."""
         side, price = touched
-        x = 2 if side == BUY else 0            # column of the side's level-1 price
-        o = 2 - x                              # the other side's
-        if cols[o::4] != prev_cols[o::4] or cols[o + 1::4] != prev_cols[o + 1::4]:
-            return False
         book = matcher.books.get(self.symbol)
         if book is None:
             return False
         book_levels = book.bid_levels if side == BUY else book.ask_levels
         level = book_levels.get(price)
         qty = level.qty if level is not None else 0
+        x = 2 if side == BUY else 0            # column of the side's level-1 price
+        # Most rows change one level's size: one field differs, the size
+        # column right after the touched price.
+        diffs = list(map(ne, cols, prev_cols))
+        changed = diffs.count(True)
+        if changed == 1:
+            i = diffs.index(True)
+            return (i & 3) == x + 1 and qty > 0 and cols[i - 1] == str(price) and cols[i] == str(qty)
+        o = 2 - x                              # the other side's
+        if cols[o::4] != prev_cols[o::4] or cols[o + 1::4] != prev_cols[o + 1::4]:
+            return False
         new_p, new_q = cols[x::4], cols[x + 1::4]
         old_p, old_q = prev_cols[x::4], prev_cols[x + 1::4]
         last = len(new_p) - 1
