@@ -125,7 +125,8 @@ def liquidity_heatmap(heatmap: "pd.DataFrame", bbo: Optional["pd.DataFrame"] = N
                       price_scale: Optional[float] = None, price_unit: Optional[str] = None,
                       title: Optional[str] = None, log: bool = True, bbo_lines: bool = False,
                       time_bin: Any = None, price_bin: Optional[int] = None,
-                      price_range: Optional[tuple[float, float]] = None, vmax: Optional[float] = None,
+                      price_range: Optional[tuple[float, float]] = None, max_price_bins: int = 2_000,
+                      vmax: Optional[float] = None,
                       clip_quantile: Optional[float] = None, colorbar: bool = True,
                       bid_cmap: str = "Greens", ask_cmap: str = "Reds", max_marker_size: float = 150.0,
                       figsize: tuple[float, float] = (12.0, 6.0)) -> "Figure":
@@ -161,8 +162,13 @@ def liquidity_heatmap(heatmap: "pd.DataFrame", bbo: Optional["pd.DataFrame"] = N
             smallest gap between bin starts (1 s if there is one bin).
         price_bin: the price bin width in price units; default the gcd of the
             gaps between price bins (1 if there is one).
-        price_range: ``(low, high)`` in price units: the y limits (prices
-            outside are still in the mesh, just not shown).
+        price_range: ``(low, high)`` in price units: the y limits; only the
+            cells inside are drawn. Default: everything when the heatmap has
+            at most ``max_price_bins`` distinct price bins, else the range the
+            mid moves over (from ``bbo``; else the 2nd-98th percentile of the
+            cells' prices) widened by half of itself on each side, at least
+            50 price bins.
+        max_price_bins: see ``price_range``.
         vmax: the quantity at the top of the colour scale (larger cells get
             the top colour); default the ``clip_quantile`` quantile of the
             non-empty cells.
@@ -206,6 +212,12 @@ def liquidity_heatmap(heatmap: "pd.DataFrame", bbo: Optional["pd.DataFrame"] = N
     _date_axis(ax)
 
     cells = heatmap[heatmap["qty"].notna() & heatmap["price"].notna() & heatmap["time"].notna()]
+    if price_range is None:
+        price_range = _auto_price_range(np, cells, bbo, max_price_bins)
+    if price_range is not None:
+        # Only the rows in view go into the mesh: a capture with dust orders
+        # at 1 USD and 1e9 USD would otherwise make a mesh of millions of rows.
+        cells = cells[(cells["price"] >= price_range[0]) & (cells["price"] <= price_range[1])]
     qty = cells["qty"].to_numpy(dtype=float)
     cells, qty = cells[qty > 0], qty[qty > 0]
     if cells.empty:
@@ -529,6 +541,21 @@ def _date_axis(ax: "Axes") -> None:
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     ax.set_xlabel("time (UTC)")
+
+
+def _auto_price_range(np: Any, cells: Any, bbo: Any, max_price_bins: int) -> Optional[tuple[float, float]]:
+    """The default ``price_range`` of :func:`liquidity_heatmap` (see there)."""
+    prices = np.unique(cells["price"].to_numpy())
+    if len(prices) <= max_price_bins:
+        return None
+    width = float(np.min(np.diff(prices))) if len(prices) > 1 else 1.0
+    mids = bbo["mid"].dropna().to_numpy(dtype=float) if bbo is not None and not bbo.empty else np.array([])
+    if mids.size:
+        low, high = float(mids.min()), float(mids.max())
+    else:
+        low, high = (float(v) for v in np.percentile(cells["price"].to_numpy(dtype=float), [2, 98]))
+    pad = max((high - low) / 2, 25 * width)
+    return low - pad, high + pad
 
 
 def _bins(np: Any, values: Any, width: Optional[int], default_width: int) -> tuple[Any, Any]:
