@@ -341,24 +341,54 @@ def replay(
         sys.stderr.close()
 
 
+def _need_pandas() -> None:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        _fail("this view needs pandas: pip install -e '.[notebook]'", 2)
+
+
 @app.command()
 def inspect(
-    at_seq: int = typer.Option(..., "--at-seq", help="Show the book right after this event."),
+    at_seq: Optional[int] = typer.Option(None, "--at-seq", help="Show the book right after this event."),
+    at_time: Optional[str] = typer.Option(None, "--at-time", help="... or after the last event at or before this time (ISO 8601, UTC unless it says otherwise; or integer ns)."),
     symbol: str = typer.Option(..., "--symbol", help="The book's symbol."),
     depth: int = typer.Option(10, "--depth", help="Price levels per side."),
+    level: str = typer.Option("L2", "--level", help="L2: one line per price level; L3: one line per resting order (queue rank, lots ahead, the seq it entered)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     data_dir: str = DataDir,
 ) -> None:
-    """Time travel: the order book as it was right after event N (nearest
-    snapshot at or before N, then WAL replay)."""
+    """Time travel: the order book as it was right after event N, or at a
+    time (nearest keyframe or snapshot at or before it, then WAL replay)."""
     _require_data(data_dir)
+    if (at_seq is None) == (at_time is None):
+        _fail("give exactly one of --at-seq and --at-time", 2)
+    level = level.upper()
+    if level not in ("L2", "L3"):
+        _fail("--level must be L2 or L3", 2)
     from recovery import open_data_dir
+    history = open_data_dir(data_dir)
     try:
-        book = open_data_dir(data_dir).book_at(at_seq, symbol, depth)
+        if at_time is not None:
+            ts: object = int(at_time) if at_time.lstrip("-").isdigit() else at_time
+            at_seq = history.seq_at_time(ts)
+        assert at_seq is not None
+        if level == "L3":
+            _need_pandas()
+            frame = history.book(at_seq, symbol, depth, level="L3")
+        else:
+            book = history.book_at(at_seq, symbol, depth)
     except KeyError as exc:
         _fail(str(exc.args[0]))
     except ValueError as exc:
         _fail(str(exc), 2)
+    if level == "L3":
+        if json_out:
+            print(frame.to_json(orient="records"))
+        else:
+            typer.echo(f"{symbol} after seq {at_seq}: {len(frame)} resting orders")
+            typer.echo(frame.to_string(index=False))
+        return
     if json_out:
         print(json.dumps(book))
         return
@@ -368,6 +398,32 @@ def inspect(
         typer.echo(f"{'':>12} {price:>12} {qty:<12}")
     for price, qty in book["bids"]:
         typer.echo(f"{qty:>12} {price:>12}")
+
+
+@app.command()
+def order(
+    order_id: int = typer.Argument(..., help="The order id."),
+    symbol: str = typer.Option(..., "--symbol", help="The order's symbol."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON (one record per event)."),
+    data_dir: str = DataDir,
+) -> None:
+    """One order's whole life from the WAL: placed, amended, each fill with its
+    counterparty, its queue rank over time, cancelled or filled."""
+    _require_data(data_dir)
+    _need_pandas()
+    from recovery import open_data_dir
+    try:
+        life = open_data_dir(data_dir).order(order_id, symbol)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if len(life) == 0:
+        _fail(f"no order {order_id} in {symbol}'s history")
+    if json_out:
+        print(life.to_json(orient="records", date_format="iso"))
+    else:
+        typer.echo(life.to_string(index=False))
 
 
 @app.command()

@@ -151,7 +151,7 @@ def liquidity_heatmap(heatmap: "pd.DataFrame", bbo: Optional["pd.DataFrame"] = N
             NaN while a side is empty: the line breaks), plus ``bid`` and
             ``ask`` when ``bbo_lines``.
         trades: optional, from ``History.trades``: ``ts``, ``price``, ``qty``,
-            ``taker_side`` (1 buy, 2 sell; anything else is grey).
+            ``taker_side`` (1 or "buy", 2 or "sell"; anything else is grey).
         ax: draw into this axes; otherwise a new figure.
         price_scale: display ``price / price_scale``.
         price_unit: the unit of displayed prices, for the axis label.
@@ -337,7 +337,7 @@ def trade_tape(trades: "pd.DataFrame", ax: Optional["Axes"] = None, *, price_sca
         span = (x.min(), x.max()) if x.max() > x.min() else (x.min() - 0.5 / 86_400, x.max() + 0.5 / 86_400)
         edges = np.linspace(span[0], span[1], volume_bins + 1)
         qty = trades["qty"].to_numpy(dtype=float)
-        side = trades["taker_side"].to_numpy()
+        side = _taker_sides(np, trades["taker_side"])
         buys, _ = np.histogram(x[side == TAKER_BUY], bins=edges, weights=qty[side == TAKER_BUY])
         rest, _ = np.histogram(x[side != TAKER_BUY], bins=edges, weights=qty[side != TAKER_BUY])
         width = np.diff(edges)
@@ -543,6 +543,16 @@ def _date_axis(ax: "Axes") -> None:
     ax.set_xlabel("time (UTC)")
 
 
+def _taker_sides(np: Any, column: Any) -> Any:
+    """``taker_side`` as 1 (buy) / 2 (sell) / 0: accepts the engine's codes
+    or the history tables' ``"buy"`` / ``"sell"``."""
+    values = column.to_numpy()
+    if values.dtype.kind in "iuf":
+        return values
+    text = column.astype(str).str.lower().to_numpy()
+    return np.where(text == "buy", TAKER_BUY, np.where(text == "sell", TAKER_SELL, 0))
+
+
 def _auto_price_range(np: Any, cells: Any, bbo: Any, max_price_bins: int) -> Optional[tuple[float, float]]:
     """The default ``price_range`` of :func:`liquidity_heatmap` (see there)."""
     prices = np.unique(cells["price"].to_numpy())
@@ -597,7 +607,7 @@ def _trade_markers(ax: "Axes", trades: "pd.DataFrame", price_scale: Optional[flo
     qty = trades["qty"].to_numpy(dtype=float)
     top = np.nanmax(qty) if np.isfinite(qty).any() and np.nanmax(qty) > 0 else 1.0
     sizes = np.clip(max_size * np.nan_to_num(qty) / top, 6.0, max_size)
-    side = trades["taker_side"].to_numpy()
+    side = _taker_sides(np, trades["taker_side"])
     groups: Iterable[tuple[Any, str, str]] = (
         (side == TAKER_BUY, "buy taker", BID_COLOUR), (side == TAKER_SELL, "sell taker", ASK_COLOUR),
         ((side != TAKER_BUY) & (side != TAKER_SELL), "taker side unknown", OTHER_COLOUR))

@@ -1,27 +1,45 @@
 """Time travel: the books and trades of a data directory at any sequence number.
 
 A notebook (or ``evengine inspect``) opens a data directory, read-only, and
-asks for the state right after event ``seq``: the newest valid snapshot at or
-before ``seq``, then the WAL events after it up to ``seq``.
+asks for the state right after event ``seq``. Plain-Python answers here
+(``book_at``, ``matcher_at``, ``events``, ``trade_events``,
+``trades_with_input``, ``state_hash``); tables as pandas DataFrames
+(``book``, ``book_at_time``, ``bbo``, ``trades``, ``order``, ``diff``,
+``depth_heatmap``, ``what_if``) come from :mod:`recovery.history`, which
+imports pandas only when one of them is first called (``pip install
+'evengine[notebook]'``): the engine imports ``recovery`` without pandas.
 
     >>> from recovery import open_data_dir
-    >>> h = open_data_dir("data")
+    >>> h = open_data_dir("data", scales={"GOOG": (10_000, 1)})
     >>> h.book_at(120_000, "GOOG", depth=5)      # doctest: +SKIP
     {'seq': 120000, 'symbol': 'GOOG', 'bids': [[5799000, 300], ...], 'asks': [...]}
+    >>> h.book(120_000, "GOOG", depth=5)         # doctest: +SKIP
+       side  level    price  qty  orders  cum_qty  price_decimal  qty_decimal
+
+How a state is found (bounded, :mod:`recovery.keyframes`): the nearest of the
+previous query's matcher, an in-memory keyframe, an engine snapshot, or the
+empty state, then at most ``max_replay`` WAL events. Safe while an engine
+writes the directory: only whole, checksummed frames on disk are read
+(:mod:`recovery.walindex`), an incomplete tail is ignored, and nothing is
+ever written.
+
+Note on "right after event N": a command and the trades it caused are one
+atomic step of the matcher, so the state after any event of that step is the
+state after the whole step.
 
 Source: eventsourcing's "snapshot + subsequent events" (STYLE.md, Absorb 4).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from engine.core import Matcher, Trade, decode_payload
 from eventstore import WalReader
-from snapshot import newest_valid
 
+from .keyframes import Stats, Timeline
 from .recover import snapshot_dir, wal_dir
-from .replay import Replayer
+from .walindex import WalIndex
 
 __all__ = ["History", "open_data_dir"]
 
@@ -32,39 +50,64 @@ class History:
     Args:
         data_dir: an engine's data directory (it may be running: only what is
             on disk is read; an incomplete write at the tail is ignored).
+        trade_history: recent trades a matcher from :meth:`matcher_at` keeps.
+        scales: ``symbol -> (price_scale, qty_scale)``: price units and lots
+            per one unit of the currency and of the instrument (LOBSTER's
+            GOOG: ``(10_000, 1)``; the engine records no scale). Tables then
+            add ``price_decimal`` / ``qty_decimal`` columns (float64, for
+            display and plots; the integer columns stay exact).
+        keyframe_every: events between keyframes (memory vs. replay per query).
+        max_replay: most WAL events one point query replays from its base.
 
-    Note on "right after event N": a command and the trades it caused are one
-    atomic step of the matcher, so the state after any event of that step is
-    the state after the whole step.
+    Attributes:
+        stats: :class:`recovery.keyframes.Stats`, the replay counters.
     """
 
-    def __init__(self, data_dir: str, trade_history: int = 10_000) -> None:
+    def __init__(self, data_dir: str, trade_history: int = 10_000, *,
+                 scales: Optional[Mapping[str, tuple[int, int]]] = None,
+                 keyframe_every: int = 10_000, max_replay: int = 50_000) -> None:
         self.data_dir = data_dir
         self.reader = WalReader(wal_dir(data_dir))
         self.trade_history = trade_history
+        self.scales = {s: (int(p), int(q)) for s, (p, q) in (scales or {}).items()}
+        for symbol, (p, q) in self.scales.items():
+            if p <= 0 or q <= 0:
+                raise ValueError(f"scales[{symbol!r}] must be two positive integers, got {(p, q)}")
+        self.wal = WalIndex(wal_dir(data_dir))
+        self.wal.refresh()
+        self.timeline = Timeline(self.wal, snapshot_dir(data_dir), keyframe_every, max_replay, trade_history)
+
+    # ----------------------------------------------------------- plain Python
+    @property
+    def stats(self) -> Stats:
+        return self.timeline.stats
 
     @property
     def last_seq(self) -> int:
-        """Last valid sequence number in the WAL (0 if empty)."""
-        return self.reader.scan().last_seq
+        """Last seq of the last whole frame in the WAL (0 if empty); looks again each time."""
+        return self.wal.refresh()
+
+    def refresh(self) -> int:
+        """Look for events written since the last look; return :attr:`last_seq`."""
+        return self.wal.refresh()
+
+    def build_index(self) -> "History":
+        """Replay the whole WAL once, laying every keyframe and the time index
+        (optional: queries build what they need lazily). Returns ``self``."""
+        self.timeline.build_index()
+        return self
 
     def matcher_at(self, seq: int) -> Matcher:
-        """The full engine state right after event ``seq``.
+        """The full engine state right after event ``seq``, a matcher the
+        caller owns. Its ``trades`` holds only the trades replayed since the
+        keyframe or snapshot it started from: use :meth:`trade_events` for
+        history.
 
         Raises:
             ValueError: ``seq`` is below 0 or beyond the WAL's last event.
             CorruptRecordError, ReplayMismatchError: the history is damaged.
         """
-        if seq < 0:
-            raise ValueError(f"seq must be >= 0, got {seq}")
-        found = newest_valid(snapshot_dir(self.data_dir), at_or_before=seq)
-        matcher = Matcher.from_state(found[1], self.trade_history) if found else Matcher(self.trade_history)
-        replayer = Replayer(matcher)
-        for s, payload in self.reader.read(matcher.last_seq + 1, seq):
-            replayer.feed(s, payload)
-        if matcher.last_seq < seq:
-            raise ValueError(f"seq {seq} is beyond the end of the WAL (last seq {matcher.last_seq})")
-        return matcher
+        return self.timeline.detach(seq)
 
     def book_at(self, seq: int, symbol: str, depth: Optional[int] = None) -> dict:
         """``{"seq", "symbol", "bids": [[price, qty], ...], "asks": [...]}``, best
@@ -73,20 +116,35 @@ class History:
         Raises:
             KeyError: ``symbol`` had no book at ``seq``.
         """
-        matcher = self.matcher_at(seq)
+        book = self._book(seq, symbol)
+        return {"seq": seq, "symbol": symbol, "bids": book.depth(1, depth), "asks": book.depth(2, depth)}
+
+    def _book(self, seq: int, symbol: str) -> Any:
+        matcher = self.timeline.seek(seq).matcher
         book = matcher.books.get(symbol)
         if book is None:
             raise KeyError(f"no order book for {symbol!r} at seq {seq} (symbols: {sorted(matcher.books)})")
-        return {"seq": seq, "symbol": symbol, "bids": book.depth(1, depth), "asks": book.depth(2, depth)}
+        return book
+
+    def state_hash(self, seq: int) -> str:
+        """:meth:`Matcher.state_hash` of the state right after ``seq`` (its
+        ``last_seq`` is the end of the step holding ``seq``)."""
+        return self.timeline.seek(seq).matcher.state_hash()
+
+    def seq_at_time(self, ts: Any) -> int:
+        """The last seq at or before ``ts`` (int ns, ``datetime``, ISO string,
+        pandas Timestamp; naive means UTC); see :meth:`Timeline.seq_at_time`."""
+        return self.timeline.seq_at_time(to_ns(ts))
 
     def events(self, from_seq: int = 1, to_seq: Optional[int] = None) -> Iterator[tuple[int, Any]]:
         """``(seq, command or event)`` from the WAL, both bounds inclusive."""
-        for seq, payload in self.reader.read(from_seq, to_seq):
+        self.wal.refresh()
+        for seq, payload in self.wal.read(from_seq, to_seq):
             yield seq, decode_payload(payload)
 
-    def trades(self, from_seq: int = 1, to_seq: Optional[int] = None,
-               symbol: Optional[str] = None) -> list[Trade]:
-        """Trades logged between the two sequence numbers (inclusive)."""
+    def trade_events(self, from_seq: int = 1, to_seq: Optional[int] = None,
+                     symbol: Optional[str] = None) -> list[Trade]:
+        """``Trade`` tuples logged between the two sequence numbers (inclusive)."""
         return [obj for _, obj in self.events(from_seq, to_seq)
                 if isinstance(obj, Trade) and (symbol is None or obj.symbol == symbol)]
 
@@ -108,7 +166,79 @@ class History:
             elif obj[0] < 64:            # a command: trades follow right after it
                 cmd_seq, source = seq, (obj[-2], obj[-1])
 
+    # ------------------------------------------------------ pandas DataFrames
+    def book(self, seq: int, symbol: str, depth: Optional[int] = None, level: str = "L2") -> Any:
+        """The book right after ``seq`` as a DataFrame; see :func:`recovery.history.book`."""
+        from . import history
+        return history.book(self, seq, symbol, depth, level)
 
-def open_data_dir(data_dir: str) -> History:
-    """Open ``data_dir`` for time travel (read-only)."""
-    return History(data_dir)
+    def book_at_time(self, ts: Any, symbol: str, depth: Optional[int] = None, level: str = "L2") -> Any:
+        """:meth:`book` after the last event at or before ``ts``; see :func:`recovery.history.book_at_time`."""
+        from . import history
+        return history.book_at_time(self, ts, symbol, depth, level)
+
+    def bbo(self, from_seq: int, to_seq: int, symbol: str, every: Optional[str] = None) -> Any:
+        """Top of book after every change; see :func:`recovery.history.bbo`."""
+        from . import history
+        return history.bbo(self, from_seq, to_seq, symbol, every)
+
+    def trades(self, from_seq: int = 1, to_seq: Optional[int] = None, symbol: Optional[str] = None) -> Any:
+        """Trades as a DataFrame; see :func:`recovery.history.trades` (tuples: :meth:`trade_events`)."""
+        from . import history
+        return history.trades(self, from_seq, to_seq, symbol)
+
+    def order(self, order_id: int, symbol: str) -> Any:
+        """One order's life; see :func:`recovery.history.order`."""
+        from . import history
+        return history.order(self, order_id, symbol)
+
+    def diff(self, seq_a: int, seq_b: int, symbol: str) -> Any:
+        """What changed in a book between two seqs; see :func:`recovery.history.diff`."""
+        from . import history
+        return history.diff(self, seq_a, seq_b, symbol)
+
+    def depth_heatmap(self, from_seq: int, to_seq: int, symbol: str, time_bin: str = "1s",
+                      price_bin: Optional[int] = None) -> Any:
+        """Resting quantity per time and price bin; see :func:`recovery.history.depth_heatmap`."""
+        from . import history
+        return history.depth_heatmap(self, from_seq, to_seq, symbol, time_bin, price_bin)
+
+    def what_if(self, at_seq: int, add: Iterable[Any] = (), cancel: Iterable[Any] = (),
+                until_seq: Optional[int] = None) -> Any:
+        """Counterfactual replay; see :func:`recovery.history.what_if`."""
+        from . import history
+        return history.what_if(self, at_seq, add, cancel, until_seq)
+
+
+def to_ns(ts: Any) -> int:
+    """Nanoseconds since the epoch (UTC) of an int, ``datetime``, ISO string or
+    pandas Timestamp (naive ones are taken as UTC)."""
+    if isinstance(ts, int):
+        return ts
+    value = getattr(ts, "value", None)          # pandas Timestamp
+    if isinstance(value, int) and hasattr(ts, "tz_localize"):
+        return value if ts.tzinfo is not None else ts.tz_localize("UTC").value
+    import datetime as _dt
+    if isinstance(ts, str):
+        try:
+            import pandas
+        except ImportError:
+            ts = _dt.datetime.fromisoformat(ts.strip().replace("Z", "+00:00"))
+        else:
+            return to_ns(pandas.Timestamp(ts))
+    if isinstance(ts, _dt.datetime):
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=_dt.timezone.utc)
+        delta = ts - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    raise TypeError(f"cannot read a time from {ts!r} (int ns, datetime, ISO string or pandas Timestamp)")
+
+
+def open_data_dir(data_dir: str, scales: Optional[Mapping[str, tuple[int, int]]] = None, **options: Any) -> History:
+    """Open ``data_dir`` for time travel (read-only).
+
+    Args:
+        scales: ``symbol -> (price_scale, qty_scale)``, e.g. ``{"GOOG": (10_000, 1)}``.
+        options: ``trade_history``, ``keyframe_every``, ``max_replay`` (:class:`History`).
+    """
+    return History(data_dir, scales=scales, **options)

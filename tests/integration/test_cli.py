@@ -152,3 +152,28 @@ def test_read_commands_on_an_empty_data_dir_say_so(tmp_path):
     for args in (("replay",), ("verify",), ("inspect", "--at-seq", "1", "--symbol", "X")):
         proc = ev(*args, "--data-dir", str(tmp_path / "none"), check=False)
         assert proc.returncode == 1 and "no evengine data" in proc.stderr
+
+
+def test_inspect_at_time_at_level_l3_and_one_orders_life(tmp_path):
+    from recovery import open_data_dir
+    run_to_end(tmp_path, "synthetic:5000:4", "--snapshot-every", "1500")
+    history = open_data_dir(str(tmp_path))
+    # The synthetic flow stamps command i at i * 1,000 ns.
+    seq = history.seq_at_time(3_000_000)
+    at_time = json.loads(ev("inspect", "--data-dir", str(tmp_path), "--at-time", "3000000", "--symbol", "SYN",
+                            "--depth", "5", "--json").stdout)
+    assert at_time == history.book_at(seq, "SYN", 5)
+    orders = json.loads(ev("inspect", "--data-dir", str(tmp_path), "--at-seq", str(seq), "--symbol", "SYN",
+                           "--depth", "5", "--level", "L3", "--json").stdout)
+    per_level: dict = {}
+    for o in orders:
+        per_level[o["side"], o["price"]] = per_level.get((o["side"], o["price"]), 0) + o["qty"]
+    assert sorted(per_level.items()) == sorted([(("bid", p), q) for p, q in at_time["bids"]]
+                                               + [(("ask", p), q) for p, q in at_time["asks"]])
+    maker = int(history.trades(1, None, "SYN")["maker_order_id"].iloc[0])
+    life = json.loads(ev("order", str(maker), "--data-dir", str(tmp_path), "--symbol", "SYN", "--json").stdout)
+    assert life[0]["event"] in ("placed", "rested") and any(e["event"] == "fill" for e in life)
+    both = ev("inspect", "--data-dir", str(tmp_path), "--at-seq", "5", "--at-time", "5", "--symbol", "SYN", check=False)
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    unknown = ev("order", "999999999", "--data-dir", str(tmp_path), "--symbol", "SYN", check=False)
+    assert unknown.returncode == 1 and "no order 999999999" in unknown.stderr

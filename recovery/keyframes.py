@@ -1,0 +1,497 @@
+"""Fast random access to the engine state at any seq: keyframes, a cursor, a time index.
+
+A :class:`Timeline` answers "the state right after event ``seq``" by replaying
+the WAL from the nearest *base* at or before ``seq``:
+
+- the *cursor*: the matcher of the previous query, kept, so that stepping
+  ``seq``, ``seq + 1``, ... replays one step each time;
+- *keyframes*: matcher states exported at the first step end past every
+  multiple of ``keyframe_every`` that any replay passes, kept in memory
+  compressed (msgpack + zstd, recent-trade history left out); built lazily,
+  never written anywhere (the API is read-only);
+- the engine's own snapshots (``<data-dir>/snapshots``, checked as recovery
+  checks them);
+- the empty state before seq 1 (when the WAL starts at 1).
+
+Bound: a point query replays at most ``max_replay`` events from its base. When
+no base lies within ``max_replay`` of the target (a region no replay passed
+yet and no snapshot near), the query first lays keyframes forward from the
+nearest base (an *index pass*, counted apart in :attr:`Stats.index_events`;
+done once per region, or for the whole WAL by :meth:`Timeline.build_index`),
+then replays at most ``keyframe_every`` events plus one step from the last
+keyframe. :attr:`Stats.last_replayed` is what the last query itself replayed.
+
+Entry seqs (``placed_seq``): every replay records, per resting order, the seq
+of the command that last entered it on the book (a place that rested, or an
+amend that lost priority and rested again: the matcher emits ``OrderRested``
+for both). Orders inherited from a snapshot have no such record; they are
+found by one decode-only scan of the WAL from its first event to the
+snapshot's seq (:func:`scan_entry_seqs`, cached per snapshot) and checked
+against the snapshot's book; where the WAL does not reach back far enough, or
+the check fails, the entry seq is ``None``.
+
+Time index: one decode-only scan of the commands gives ``(seq, ts_ns)`` per
+command (24 bytes each in ``array('q')``s, extended as the WAL grows) and the
+running maximum of ``ts_ns``, which is what :meth:`Timeline.seq_at_time`
+bisects (a clock that steps back cannot make it pick a later state).
+
+Memory: one cursor (a full matcher), keyframes of ``~(state size after
+compression)`` each, one per ``keyframe_every`` events replayed (Bitstamp
+sample, ~6,500 resting orders: about 125 KB each, 32 for the whole WAL: 4 MB), the
+time index (24 bytes per command) and :class:`recovery.walindex.WalIndex`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+from array import array
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import msgpack
+import zstandard
+
+from engine.core import Matcher
+from snapshot import list_snapshots, load_snapshot
+
+from .replay import Replayer
+from .walindex import WalIndex
+
+__all__ = ["Timeline", "Cursor", "Stats", "scan_entry_seqs"]
+
+_PLACE, _CANCEL, _AMEND = 2, 3, 4
+_TRADE, _REJECTED, _RESTED = 64, 65, 66
+
+PlacedMap = dict  # symbol -> {order_id: entry seq or None}
+
+
+@dataclass
+class Stats:
+    """Counters of the work replay did (reset never; read them around a query).
+
+    Attributes:
+        last_replayed: WAL events the last point query fed through the matcher
+            after its base (keyframe, snapshot, cursor or the empty state).
+        last_base: ``(kind, seq)`` of that base: ``"cursor"``, ``"keyframe"``,
+            ``"snapshot"``, ``"genesis"``, or ``"index pass"`` (the query laid
+            keyframes first; ``seq`` is where that pass ended).
+        replayed_events: all events fed through the matcher, every query.
+        index_events: events replayed by index passes (laying keyframes).
+        scanned_events: events decoded without matching (time index, entry
+            seqs, trades, order lives).
+        keyframes_built: keyframes laid by replays.
+    """
+
+    last_replayed: int = 0
+    last_base: tuple = ("genesis", 0)
+    replayed_events: int = 0
+    index_events: int = 0
+    scanned_events: int = 0
+    keyframes_built: int = 0
+
+
+class Cursor:
+    """A matcher positioned in the WAL, with the entry seq of every resting order.
+
+    Attributes:
+        matcher: the state; ``matcher.last_seq`` is the end of the last step applied.
+        fed_seq: the last WAL event fed (a step's logged trades are checked
+            one by one, so ``fed_seq`` may be inside a step).
+        step_seq: the seq of the last command applied (start of the current step).
+        placed: ``symbol -> {order_id: entry seq or None}`` (may hold orders
+            that left; only live orders' entries mean anything).
+        origin: seq of the snapshot this state descends from, whose orders'
+            entries are unknown (``None``), or ``None`` if every entry is known.
+    """
+
+    __slots__ = ("matcher", "replayer", "fed_seq", "step_seq", "placed", "origin")
+
+    def __init__(self, matcher: Matcher, placed: PlacedMap, origin: Optional[int]) -> None:
+        self.matcher = matcher
+        self.replayer = Replayer(matcher)
+        self.fed_seq = matcher.last_seq
+        self.step_seq = matcher.last_seq
+        self.placed = placed
+        self.origin = origin
+
+    def entry_seq(self, symbol: str, order_id: int) -> Optional[int]:
+        return self.placed.get(symbol, {}).get(order_id)
+
+
+def _pack_keyframe(cursor: Cursor) -> bytes:
+    m = cursor.matcher
+    state = m.export_state()
+    state["trades"] = []
+    placed = []
+    for symbol, book in sorted(m.books.items()):
+        known = cursor.placed.get(symbol, {})
+        placed.append([symbol, [[oid, known.get(oid)] for oid in book.orders]])
+    return zstandard.ZstdCompressor(level=1).compress(
+        msgpack.packb([state, placed, cursor.origin], use_bin_type=True))
+
+
+def _unpack_keyframe(blob: bytes) -> tuple[dict, PlacedMap, Optional[int]]:
+    state, placed, origin = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob), raw=False,
+                                            strict_map_key=False)
+    return state, {symbol: dict(pairs) for symbol, pairs in placed}, origin
+
+
+def scan_entry_seqs(wal: WalIndex, to_seq: int) -> tuple[dict, Optional[int]]:
+    """Entry seq of every order resting right after ``to_seq``, from the logged
+    commands, trades and rejects alone (no matching), scanning from the WAL's
+    first event.
+
+    Returns:
+        ``({(symbol, order_id): [entry_seq, price, leaves_qty]}, first_seq)``;
+        complete only if ``first_seq == 1``.
+    """
+    live: dict = {}
+    first = wal.first_seq or 1
+
+    def finish(p: list) -> None:
+        seq, cmd, filled, rejected = p
+        if rejected:
+            return
+        kind, key = cmd[0], (cmd[2], cmd[3])
+        if kind == _PLACE:
+            if cmd[5] == 1 and cmd[6] == 1 and cmd[8] - filled > 0:
+                live[key] = [seq, cmd[7], cmd[8] - filled]
+        elif kind == _CANCEL:
+            live.pop(key, None)
+        else:
+            cur = live.get(key)
+            if cur is None:
+                return
+            if cmd[4] == cur[1] and cmd[5] <= cur[2]:
+                cur[2] = cmd[5]
+            elif cmd[5] - filled > 0:
+                live[key] = [seq, cmd[4], cmd[5] - filled]
+            else:
+                del live[key]
+
+    pend: Optional[list] = None
+    for seq, p in wal.read(first, to_seq):
+        kind = p[0]
+        if kind < 64:
+            if pend is not None:
+                finish(pend)
+            pend = [seq, p, 0, False] if kind in (_PLACE, _CANCEL, _AMEND) and len(p) > 3 else None
+        elif kind == _TRADE:
+            cur = live.get((p[3], p[7]))
+            if cur is not None:
+                cur[2] -= p[5]
+                if cur[2] <= 0:
+                    del live[(p[3], p[7])]
+            if pend is not None and p[11] == pend[0]:
+                pend[2] += p[5]
+        elif kind == _REJECTED and pend is not None and p[1] == pend[0]:
+            pend[3] = True
+    if pend is not None:
+        finish(pend)
+    return live, first
+
+
+class Timeline:
+    """The state at any seq of one data directory, read-only. See the module doc.
+
+    Args:
+        wal: the WAL index.
+        snap_dir: the engine's snapshot directory.
+        keyframe_every: lay a keyframe at the first step end past every multiple of this.
+        max_replay: most events a point query replays from its base (>= ``keyframe_every``).
+        trade_history: recent trades a matcher handed out keeps (``Matcher`` argument).
+    """
+
+    def __init__(self, wal: WalIndex, snap_dir: str, keyframe_every: int = 10_000,
+                 max_replay: int = 50_000, trade_history: int = 10_000) -> None:
+        if keyframe_every <= 0 or max_replay < keyframe_every:
+            raise ValueError(f"need 0 < keyframe_every <= max_replay, got {keyframe_every}, {max_replay}")
+        self.wal = wal
+        self.snap_dir = snap_dir
+        self.keyframe_every = keyframe_every
+        self.max_replay = max_replay
+        self.trade_history = trade_history
+        self.stats = Stats()
+        self.keyframes: dict[int, bytes] = {}     # seq -> packed state
+        self._kf_seqs: list[int] = []
+        self._kf_slots: set[int] = set()
+        self._bad_snapshots: set[str] = set()
+        self._entry_scans: dict[int, dict] = {}   # snapshot seq -> scan_entry_seqs result (checked)
+        self.cursor: Optional[Cursor] = None
+        self._cmd_seqs = array("q")
+        self._cmd_ts = array("q")
+        self._ts_max = array("q")
+        self._ts_scanned = 0
+
+    # ------------------------------------------------------------------ bases
+    def _add_keyframe(self, cursor: Cursor) -> None:
+        seq = cursor.matcher.last_seq
+        slot = seq // self.keyframe_every
+        if slot in self._kf_slots or seq in self.keyframes:
+            return
+        self.keyframes[seq] = _pack_keyframe(cursor)
+        bisect.insort(self._kf_seqs, seq)
+        self._kf_slots.add(slot)
+        self.stats.keyframes_built += 1
+        # Forget entries of orders that left, so the cursor's map stays the book's size.
+        for symbol, book in cursor.matcher.books.items():
+            known = cursor.placed.get(symbol)
+            if known is not None and len(known) > 2 * len(book.orders) + 1024:
+                cursor.placed[symbol] = {oid: known.get(oid) for oid in book.orders}
+
+    def _cursor_from_keyframe(self, seq: int) -> Cursor:
+        state, placed, origin = _unpack_keyframe(self.keyframes[seq])
+        return Cursor(Matcher.from_state(state, self.trade_history), placed, origin)
+
+    def _snapshot_base(self, seq: int) -> Optional[tuple[int, Any]]:
+        for info in reversed(list_snapshots(self.snap_dir)):
+            if info.seq > seq or info.path in self._bad_snapshots:
+                continue
+            return info.seq, info
+        return None
+
+    def _cursor_from_snapshot(self, info: Any) -> Optional[Cursor]:
+        try:
+            state = load_snapshot(info)
+            matcher = Matcher.from_state(state, self.trade_history)
+        except Exception:  # noqa: BLE001 - a damaged snapshot is skipped, as recovery does
+            self._bad_snapshots.add(info.path)
+            return None
+        placed = {symbol: dict.fromkeys(book.orders) for symbol, book in matcher.books.items()}
+        return Cursor(matcher, placed, info.seq)
+
+    def keyframe_bytes(self) -> int:
+        """Memory the keyframes take (compressed), in bytes."""
+        return sum(len(b) for b in self.keyframes.values())
+
+    # ------------------------------------------------------------------- seek
+    def _best_base(self, seq: int) -> tuple[str, int, Any]:
+        best: tuple[str, int, Any] = ("none", -1, None)
+        c = self.cursor
+        if c is not None and c.fed_seq <= seq:
+            best = ("cursor", c.fed_seq, c)
+        i = bisect.bisect_right(self._kf_seqs, seq) - 1
+        if i >= 0 and self._kf_seqs[i] > best[1]:
+            best = ("keyframe", self._kf_seqs[i], None)
+        snap = self._snapshot_base(seq)
+        if snap is not None and snap[0] > best[1]:
+            best = ("snapshot", snap[0], snap[1])
+        first = self.wal.first_seq
+        if best[1] < 0 and (first is None or first == 1):
+            best = ("genesis", 0, None)
+        return best
+
+    def _open_base(self, kind: str, seq: int, obj: Any) -> Optional[Cursor]:
+        if kind == "cursor":
+            return obj
+        if kind == "keyframe":
+            return self._cursor_from_keyframe(seq)
+        if kind == "snapshot":
+            return self._cursor_from_snapshot(obj)
+        if kind == "genesis":
+            return Cursor(Matcher(self.trade_history), {}, None)
+        return None
+
+    def seek(self, seq: int) -> Cursor:
+        """The cursor holding the state right after event ``seq`` (kept as :attr:`cursor`;
+        do not change its matcher: use :meth:`detach` for one to keep).
+
+        Raises:
+            ValueError: ``seq < 0``, beyond the WAL's last whole frame, or before
+                the WAL's first event with no snapshot to start from.
+            CorruptRecordError, ReplayMismatchError: the history is damaged.
+        """
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        if seq > self.wal.last_seq:
+            self.wal.refresh()
+            if seq > self.wal.last_seq:
+                raise ValueError(f"seq {seq} is beyond the end of the WAL (last seq {self.wal.last_seq})")
+        c = self.cursor
+        if c is not None and c.step_seq <= seq <= c.matcher.last_seq and seq <= c.fed_seq:
+            self.stats.last_replayed, self.stats.last_base = 0, ("cursor", c.fed_seq)
+            return c
+        while True:
+            kind, base_seq, obj = self._best_base(seq)
+            if kind == "none":
+                raise ValueError(f"seq {seq} is before the WAL's first event {self.wal.first_seq} and no "
+                                 f"snapshot at or before it is valid")
+            cursor = self._open_base(kind, base_seq, obj)
+            if cursor is not None:
+                break
+        if seq - cursor.fed_seq > self.max_replay:
+            # Index pass: lay keyframes up to the last slot boundary before seq.
+            self.cursor = cursor
+            n = self._advance(cursor, (seq // self.keyframe_every) * self.keyframe_every)
+            self.stats.index_events += n
+            self.stats.replayed_events += n
+            kind, base_seq = "index pass", cursor.fed_seq
+        self.cursor = cursor
+        n = self._advance(cursor, seq)
+        if cursor.matcher.last_seq < seq:
+            raise ValueError(f"seq {seq} is beyond the end of the WAL (last seq {cursor.matcher.last_seq})")
+        self.stats.last_replayed, self.stats.last_base = n, (kind, base_seq)
+        self.stats.replayed_events += n
+        return cursor
+
+    def detach(self, seq: int) -> Matcher:
+        """A matcher at ``seq`` that the caller owns (the cursor is given away)."""
+        cursor = self.seek(seq)
+        self.cursor = None
+        return cursor.matcher
+
+    def _advance(self, cursor: Cursor, to_seq: int,
+                 pre: Optional[Callable[[Any], Any]] = None,
+                 post: Optional[Callable[[int, Any, list, Any], None]] = None) -> int:
+        """Feed WAL events ``cursor.fed_seq + 1 .. to_seq``; lay keyframes on the way.
+        ``pre(cmd)`` runs before each command, ``post(seq, cmd, events, pre_result)``
+        after it. Returns the number of events fed.
+
+        The cyclic garbage collector is off meanwhile (as in the engine: the
+        matcher makes no reference cycles, and full collections walking every
+        resting order would dominate a long replay)."""
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._feed(cursor, to_seq, pre, post)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _feed(self, cursor: Cursor, to_seq: int, pre: Optional[Callable[[Any], Any]],
+              post: Optional[Callable[[int, Any, list, Any], None]]) -> int:
+        replayer = cursor.replayer
+        feed = replayer.feed
+        matcher = cursor.matcher
+        placed = cursor.placed
+        every = self.keyframe_every
+        next_kf = (cursor.fed_seq // every + 1) * every
+        n = 0
+        ctx = None
+        for seq, payload in self.wal.read(cursor.fed_seq + 1, to_seq):
+            kind = payload[0]
+            if type(kind) is int and kind < 64:
+                if pre is not None:
+                    ctx = pre(payload)
+                out = feed(seq, payload)
+                cursor.step_seq = seq
+                if kind == _PLACE or kind == _AMEND:
+                    for ev in out:
+                        if ev[0] == _RESTED:
+                            known = placed.get(payload[2])
+                            if known is None:
+                                known = placed[payload[2]] = {}
+                            known[ev[1]] = seq
+                if post is not None:
+                    post(seq, payload, out, ctx)
+            else:
+                feed(seq, payload)
+            n += 1
+            cursor.fed_seq = seq
+            if seq >= next_kf and seq == matcher.last_seq and not replayer.pending:
+                self._add_keyframe(cursor)
+                next_kf = (seq // every + 1) * every
+        return n
+
+    def walk(self, from_seq: int, to_seq: int, post: Callable[[int, Any, list, Any], None],
+             pre: Optional[Callable[[Any], Any]] = None) -> Cursor:
+        """Position at ``from_seq`` (a bounded point query), then replay every
+        step up to ``to_seq`` calling ``pre``/``post`` around each command.
+        Complexity: O(to_seq - from_seq) events replayed (counted in the stats)."""
+        cursor = self.seek(from_seq)
+        last = min(to_seq, self.wal.last_seq)
+        n = self._advance(cursor, last, pre, post)
+        self.stats.replayed_events += n
+        return cursor
+
+    def build_index(self, to_seq: Optional[int] = None) -> None:
+        """Replay once up to ``to_seq`` (default: the end), laying every keyframe
+        and the time index, so that later point queries replay at most
+        ``keyframe_every`` events plus one step."""
+        self.wal.refresh()
+        last = self.wal.last_seq if to_seq is None else min(to_seq, self.wal.last_seq)
+        first = self.wal.first_seq
+        cursor = self.seek(0 if first in (None, 1) else first - 1)
+        n = self._advance(cursor, last)
+        self.stats.index_events += n
+        self.stats.replayed_events += n
+        self._ts_index()
+
+    # ------------------------------------------------------------ entry seqs
+    def resolve_entries(self, cursor: Cursor) -> None:
+        """Fill in the entry seqs of orders the cursor inherited from a snapshot
+        (see the module doc); those the WAL cannot tell stay ``None``."""
+        origin = cursor.origin
+        if origin is None:
+            return
+        found = self._entry_scans.get(origin)
+        if found is None:
+            live, first = scan_entry_seqs(self.wal, origin)
+            self.stats.scanned_events += origin - first + 1
+            found = {}
+            snap = next((i for i in list_snapshots(self.snap_dir) if i.seq == origin), None)
+            if first == 1 and snap is not None:
+                try:
+                    state = load_snapshot(snap)
+                except Exception:  # noqa: BLE001 - then nothing is resolved
+                    state = {"books": []}
+                for symbol, _tick, orders, _count in state["books"]:
+                    for oid, _side, price, qty, _acct in orders:
+                        got = live.get((symbol, oid))
+                        if got is not None and got[1] == price and got[2] == qty:
+                            found[(symbol, oid)] = got[0]
+            self._entry_scans[origin] = found
+        for symbol, known in cursor.placed.items():
+            for oid, seq in known.items():
+                if seq is None:
+                    known[oid] = found.get((symbol, oid))
+        cursor.origin = None
+
+    # ------------------------------------------------------------ time index
+    def _ts_index(self) -> None:
+        last = self.wal.refresh()
+        if self._ts_scanned >= last:
+            return
+        seqs, tss, tsmax = self._cmd_seqs, self._cmd_ts, self._ts_max
+        top = tsmax[-1] if tsmax else 0
+        n = 0
+        for seq, p in self.wal.read(self._ts_scanned + 1, last):
+            n += 1
+            if p[0] < 64:
+                ts = p[1] if type(p[1]) is int else 0
+                seqs.append(seq)
+                tss.append(ts)
+                if ts > top:
+                    top = ts
+                tsmax.append(top)
+        self._ts_scanned = last
+        self.stats.scanned_events += n
+
+    def seq_at_time(self, ts_ns: int) -> int:
+        """The last seq whose step's command has ``ts_ns`` at or before ``ts_ns``
+        (by the running maximum of the commands' ``ts_ns``), ending its step
+        (trades included); 0 if none. Complexity: O(log commands) after the
+        index exists."""
+        self._ts_index()
+        i = bisect.bisect_right(self._ts_max, ts_ns) - 1
+        if i < 0:
+            return 0
+        return self._cmd_seqs[i + 1] - 1 if i + 1 < len(self._cmd_seqs) else self._ts_scanned
+
+    def ts_of(self, seq: int) -> int:
+        """``ts_ns`` of the command whose step holds ``seq`` (0 before any)."""
+        self._ts_index()
+        i = bisect.bisect_right(self._cmd_seqs, seq) - 1
+        return self._cmd_ts[i] if i >= 0 else 0
+
+    def ts_max_of(self, seq: int) -> int:
+        """Running maximum of ``ts_ns`` up to the step holding ``seq``."""
+        self._ts_index()
+        i = bisect.bisect_right(self._cmd_seqs, seq) - 1
+        return self._ts_max[i] if i >= 0 else 0
+
+    def command_seqs(self) -> tuple[array, array, array]:
+        """``(seqs, ts_ns, running max ts_ns)`` of every command (the time index)."""
+        self._ts_index()
+        return self._cmd_seqs, self._cmd_ts, self._ts_max
