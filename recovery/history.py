@@ -629,6 +629,19 @@ def _wi_frame(rows: list) -> pd.DataFrame:
     return df
 
 
+def _trades_not_in(seq: int, trades: list, keys: list, other_keys: list) -> list:
+    """Rows of the ``trades`` (keyed ``keys``) that ``other_keys`` lacks,
+    counting repeats (a multiset difference), for :func:`what_if`."""
+    rest = list(other_keys)
+    rows = []
+    for t, k in zip(trades, keys):
+        if k in rest:
+            rest.remove(k)
+        else:
+            rows.append([seq, t[2], t[1], t[3], t[12], t[4], t[5], t[6], t[7], t[8], t[9], t[10], False])
+    return rows
+
+
 def what_if(h: History, at_seq: int, add: Iterable[Any] = (), cancel: Iterable[Any] = (),
             until_seq: Optional[int] = None) -> WhatIf:
     """Replay history through the real matcher with orders added or removed at ``at_seq``.
@@ -702,18 +715,8 @@ def what_if(h: History, at_seq: int, add: Iterable[Any] = (), cancel: Iterable[A
         if a != b:
             if trades_diverged is None:
                 trades_diverged = seq
-            rest = list(b)
-            for t, k in zip(logged, a):
-                if k in rest:
-                    rest.remove(k)
-                else:
-                    hist_rows.append([seq, t[2], t[1], t[3], t[12], t[4], t[5], t[6], t[7], t[8], t[9], t[10], False])
-            rest = list(a)
-            for t, k in zip(mine, b):
-                if k in rest:
-                    rest.remove(k)
-                else:
-                    wi_rows.append([seq, t[2], t[1], t[3], t[12], t[4], t[5], t[6], t[7], t[8], t[9], t[10], False])
+            hist_rows.extend(_trades_not_in(seq, logged, a, b))
+            wi_rows.extend(_trades_not_in(seq, mine, b, a))
 
     for seq, p in h.wal.read(start + 1, None):
         kind = p[0]

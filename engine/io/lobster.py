@@ -507,8 +507,7 @@ class LobsterSource:
 
     def _levels_from_orderbook(self) -> Optional[int]:
         assert self.orderbook_path is not None
-        count_rows(self.orderbook_path)
-        with open_rows(self.orderbook_path) as f:
+        with open_rows(self.orderbook_path) as f:      # LobsterFileError if unreadable
             first = f.readline().strip()
         cols = first.count(",") + 1
         return cols // 4 if first and cols % 4 == 0 else None
