@@ -66,6 +66,11 @@ _TRADE, _REJECTED, _RESTED = 64, 65, 66
 PlacedMap = dict  # symbol -> {order_id: entry seq or None}
 
 
+_CURSOR_STEP = 1_000
+"""Events within which a query continues from the live state rather than
+from a closer keyframe or snapshot (opening one costs more than that)."""
+
+
 @dataclass
 class Stats:
     """Counters of the work replay did (reset never; read them around a query).
@@ -271,6 +276,10 @@ class Timeline:
         c = self.cursor
         if c is not None and c.fed_seq <= seq:
             best = ("cursor", c.fed_seq, c)
+            if seq - c.fed_seq <= _CURSOR_STEP:
+                # A few events on from the live state: replaying them costs
+                # less than opening a snapshot or keyframe that lies closer.
+                return best
         i = bisect.bisect_right(self._kf_seqs, seq) - 1
         if i >= 0 and self._kf_seqs[i] > best[1]:
             best = ("keyframe", self._kf_seqs[i], None)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-pd = pytest.importorskip("pandas")
+import pandas as pd  # noqa: E402 - in the test extra: a missing one fails, never skips
 
 from engine.core import Matcher, PlaceOrder  # noqa: E402
 from engine.io.synthetic import SyntheticSource  # noqa: E402

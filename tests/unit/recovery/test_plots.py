@@ -8,9 +8,9 @@ import time
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-np = pytest.importorskip("numpy")
-pd = pytest.importorskip("pandas")
-matplotlib = pytest.importorskip("matplotlib")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402 - in the test extra: a missing one fails, never skips
+import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 
 from matplotlib.collections import PathCollection, QuadMesh  # noqa: E402
