@@ -20,13 +20,14 @@ import zstandard
 from .errors import CorruptRecordError, WalSequenceError
 
 __all__ = [
-    "SEGMENT_MAGIC", "FORMAT_VERSION", "SEGMENT_HEADER_SIZE", "FRAME_HEADER_SIZE", "MAX_FRAME_PAYLOAD",
+    "SEGMENT_MAGIC", "FORMAT_VERSION", "READABLE_VERSIONS", "SEGMENT_HEADER_SIZE", "FRAME_HEADER_SIZE", "MAX_FRAME_PAYLOAD",
     "encode_segment_header", "decode_segment_header", "encode_frame_header", "segment_name",
     "SegmentInfo", "list_segments", "Frame", "TornTail", "scan_frames", "load_segment_bytes",
 ]
 
 SEGMENT_MAGIC = b"EVWAL\x00\r\n"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)   # version 2 segments hold shorter place/add-symbol records; see FORMAT.md
 SEGMENT_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
 MAX_FRAME_PAYLOAD = 64 * 1024 * 1024
@@ -55,8 +56,9 @@ def decode_segment_header(data: bytes, segment: str) -> int:
         raise CorruptRecordError(segment, 0, f"bad magic {magic!r}: not an evengine WAL segment")
     if zlib.crc32(data[:28]) != crc:
         raise CorruptRecordError(segment, 0, "segment header CRC mismatch")
-    if version != FORMAT_VERSION or size != SEGMENT_HEADER_SIZE:
-        raise CorruptRecordError(segment, 0, f"unsupported WAL format version {version}; this build reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS or size != SEGMENT_HEADER_SIZE:
+        raise CorruptRecordError(segment, 0, f"unsupported WAL format version {version}; this build reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}")
     return first_seq
 
 

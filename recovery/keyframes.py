@@ -445,7 +445,7 @@ class Timeline:
                     state = load_snapshot(snap)
                 except Exception:  # noqa: BLE001 - then nothing is resolved
                     state = {"books": []}
-                for symbol, _tick, orders, _count in state["books"]:
+                for symbol, _tick, orders, *_rest in state["books"]:
                     for oid, _side, price, qty, _acct in orders:
                         got = live.get((symbol, oid))
                         if got is not None and got[1] == price and got[2] == qty:

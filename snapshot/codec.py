@@ -11,11 +11,12 @@ import zstandard
 
 from .errors import SnapshotChecksumError, SnapshotFormatError
 
-__all__ = ["SNAPSHOT_MAGIC", "SNAPSHOT_VERSION", "HEADER_SIZE", "encode_snapshot", "decode_snapshot",
+__all__ = ["SNAPSHOT_MAGIC", "SNAPSHOT_VERSION", "READABLE_VERSIONS", "HEADER_SIZE", "encode_snapshot", "decode_snapshot",
            "read_header"]
 
 SNAPSHOT_MAGIC = b"EVSNAP\r\n"
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
+READABLE_VERSIONS = (2, 3)   # version 2: no accounts, books of four fields
 HEADER_SIZE = 48
 _HEAD = struct.Struct("<8sHHIQQQII")  # magic, version, flags, header size, seq, match_sequence, body_len, body_crc, header_crc
 
@@ -45,8 +46,9 @@ def read_header(data: bytes, path: str) -> tuple[int, int, int, int]:
         raise SnapshotFormatError(path, f"bad magic {magic!r}: not an evengine snapshot")
     if zlib.crc32(data[:HEADER_SIZE - 4]) != head_crc:
         raise SnapshotChecksumError(path, "header CRC mismatch")
-    if version != SNAPSHOT_VERSION or size != HEADER_SIZE:
-        raise SnapshotFormatError(path, f"unsupported snapshot version {version}; this build reads {SNAPSHOT_VERSION}")
+    if version not in READABLE_VERSIONS or size != HEADER_SIZE:
+        raise SnapshotFormatError(path, f"unsupported snapshot version {version}; this build reads "
+                                  f"{', '.join(map(str, READABLE_VERSIONS))}")
     return seq, match_seq, body_len, body_crc
 
 

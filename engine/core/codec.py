@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .commands import COMMAND_CLASSES
+from .commands import COMMAND_CLASSES, LEGACY_FIELD_COUNTS, upgrade_command
 from .events import EVENT_CLASSES
 from .types import Kind
 
@@ -21,11 +21,17 @@ KIND_NAMES = {
     Kind.AMEND.value: "amend", Kind.BAD_INPUT.value: "bad_input", Kind.TRADE.value: "trade",
     Kind.REJECTED.value: "rejected", Kind.RESTED.value: "rested", Kind.CANCELLED.value: "cancelled",
     Kind.AMENDED.value: "amended", Kind.SYMBOL_ADDED.value: "symbol_added",
+    Kind.ADD_ASSET.value: "add_asset", Kind.DEPOSIT.value: "deposit", Kind.WITHDRAW.value: "withdraw",
+    Kind.ASSET_ADDED.value: "asset_added", Kind.TRANSFER_DONE.value: "transfer_done",
+    Kind.BALANCE_CHANGED.value: "balance_changed",
 }
 
 
 def decode_payload(payload: Any) -> Any:
     """The command or event a WAL payload encodes.
+
+    A place or add-symbol record in the layout of WAL format 2 comes back
+    in today's layout (:func:`~engine.core.commands.upgrade_command`).
 
     Raises:
         ValueError: not an array, unknown kind, or wrong number of fields.
@@ -35,6 +41,8 @@ def decode_payload(payload: Any) -> Any:
     cls = _CLASSES.get(payload[0])
     if cls is None:
         raise ValueError(f"unknown payload kind {payload[0]!r}")
+    if len(payload) == LEGACY_FIELD_COUNTS.get(payload[0]):
+        payload = upgrade_command(payload)   # a record of WAL format 2
     try:
         return cls(*payload)
     except TypeError as exc:

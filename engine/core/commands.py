@@ -20,23 +20,119 @@ from typing import Any, NamedTuple, Optional, Union
 
 from .types import Kind
 
-__all__ = ["AddSymbol", "PlaceOrder", "CancelOrder", "AmendOrder", "BadInput", "Command", "COMMAND_CLASSES"]
+__all__ = ["AddSymbol", "AddAsset", "Deposit", "Withdraw", "PlaceOrder", "CancelOrder", "AmendOrder", "BadInput",
+           "Command", "COMMAND_CLASSES", "LEGACY_FIELD_COUNTS", "upgrade_command"]
 
 
 class AddSymbol(NamedTuple):
-    """Open an order book. ``tick_size``: the smallest price step, in price units."""
+    """Open an order book.
+
+    ``tick_size``: the smallest price step, in price units. The rest says
+    what one price unit and one lot are worth, for accounts and risk (all
+    optional; a book of replayed market data needs none of them):
+
+    - ``base`` / ``quote``: asset names (added by :class:`AddAsset` first);
+      both or neither. A trade of ``qty`` lots at ``price`` moves
+      ``qty * base_per_lot`` base units one way and the *notional*
+      ``price * qty * quote_per_tick`` quote units the other way (amounts in
+      the assets' smallest units, ``10**-scale``).
+    - ``maker_fee_ppm`` <= ``taker_fee_ppm``: fees in parts per million of the
+      notional, paid in the quote asset by each side of a trade (the buyer on
+      top of the notional, the seller out of it), rounded up (for the house),
+      credited to ``fee_account``.
+    - ``risk``: orders in this book must be covered by their account's
+      available balance (pre-trade risk, see :class:`~engine.core.accounts.Accounts`);
+      off, orders are matched without looking at balances.
+
+    WAL format 2 wrote the first four fields and the envelope only (6
+    fields); :func:`upgrade_command` reads that layout as a book with no
+    assets and risk off.
+    """
 
     kind: int
     ts_ns: int
     symbol: str
     tick_size: int
+    base: Optional[str] = None
+    quote: Optional[str] = None
+    quote_per_tick: int = 1
+    base_per_lot: int = 1
+    maker_fee_ppm: int = 0
+    taker_fee_ppm: int = 0
+    risk: bool = False
+    fee_account: int = 0
     source: Optional[str] = None
     source_pos: Optional[int] = None
 
     @classmethod
-    def new(cls, symbol: str, tick_size: int = 1, ts_ns: int = 0,
-            source: Optional[str] = None, source_pos: Optional[int] = None) -> "AddSymbol":
-        return cls(Kind.ADD_SYMBOL.value, ts_ns, symbol, tick_size, source, source_pos)
+    def new(cls, symbol: str, tick_size: int = 1, ts_ns: int = 0, source: Optional[str] = None,
+            source_pos: Optional[int] = None, *, base: Optional[str] = None, quote: Optional[str] = None,
+            quote_per_tick: int = 1, base_per_lot: int = 1, maker_fee_ppm: int = 0, taker_fee_ppm: int = 0,
+            risk: bool = False, fee_account: int = 0) -> "AddSymbol":
+        return cls(Kind.ADD_SYMBOL.value, ts_ns, symbol, tick_size, base, quote, quote_per_tick,
+                   base_per_lot, maker_fee_ppm, taker_fee_ppm, risk, fee_account, source, source_pos)
+
+
+class AddAsset(NamedTuple):
+    """Define an asset. ``scale``: its decimals (0..18): amounts of the asset
+    are integers in units of ``10**-scale`` (USD with scale 2: cents)."""
+
+    kind: int
+    ts_ns: int
+    asset: str
+    scale: int
+    source: Optional[str] = None
+    source_pos: Optional[int] = None
+
+    @classmethod
+    def new(cls, asset: str, scale: int, *, ts_ns: int = 0, source: Optional[str] = None,
+            source_pos: Optional[int] = None) -> "AddAsset":
+        return cls(Kind.ADD_ASSET.value, ts_ns, asset, scale, source, source_pos)
+
+
+class Deposit(NamedTuple):
+    """Credit ``amount`` (the asset's smallest units, > 0) to ``account``'s
+    available balance.
+
+    ``transfer_id`` (1..2**63-1) is the client's idempotency key: a repeat
+    with the same body returns the first outcome (a rejection too) and
+    changes nothing; the same id with another body is rejected with
+    ``TRANSFER_CONFLICT``. Source: TigerBeetle's transfer ids.
+    """
+
+    kind: int
+    ts_ns: int
+    transfer_id: int
+    account: int
+    asset: str
+    amount: int
+    source: Optional[str] = None
+    source_pos: Optional[int] = None
+
+    @classmethod
+    def new(cls, transfer_id: int, account: int, asset: str, amount: int, *, ts_ns: int = 0,
+            source: Optional[str] = None, source_pos: Optional[int] = None) -> "Deposit":
+        return cls(Kind.DEPOSIT.value, ts_ns, transfer_id, account, asset, amount, source, source_pos)
+
+
+class Withdraw(NamedTuple):
+    """Debit ``amount`` from ``account``'s *available* balance (held funds
+    are not withdrawable); rejected with ``INSUFFICIENT_FUNDS`` when it is
+    short. ``transfer_id`` as for :class:`Deposit` (one id space for both)."""
+
+    kind: int
+    ts_ns: int
+    transfer_id: int
+    account: int
+    asset: str
+    amount: int
+    source: Optional[str] = None
+    source_pos: Optional[int] = None
+
+    @classmethod
+    def new(cls, transfer_id: int, account: int, asset: str, amount: int, *, ts_ns: int = 0,
+            source: Optional[str] = None, source_pos: Optional[int] = None) -> "Withdraw":
+        return cls(Kind.WITHDRAW.value, ts_ns, transfer_id, account, asset, amount, source, source_pos)
 
 
 class PlaceOrder(NamedTuple):
@@ -47,6 +143,13 @@ class PlaceOrder(NamedTuple):
     FOK). ``post_only``: a limit GTC order that is rejected rather than take
     liquidity. ``price`` in price units, ``qty`` in lots, ``account`` an
     integer owner id carried onto trades for settlement.
+
+    ``max_quote``: a budget in quote units (the asset's smallest unit),
+    fees included, that the order may spend; 0 means none. A market buy in a
+    book with risk on needs one (it is what the order holds); elsewhere a
+    buy with a budget stops filling when the next lot would exceed it (the
+    rest is cancelled, reason ``BUDGET_EXHAUSTED``). WAL format 2 had no
+    ``max_quote`` (13 fields); :func:`upgrade_command` reads it as 0.
     """
 
     kind: int
@@ -60,16 +163,17 @@ class PlaceOrder(NamedTuple):
     qty: int
     post_only: bool = False
     account: int = 0
+    max_quote: int = 0
     source: Optional[str] = None
     source_pos: Optional[int] = None
 
     @classmethod
     def new(cls, symbol: str, order_id: int, side: int, price: int, qty: int, *,
             order_type: int = 1, tif: int = 1, post_only: bool = False, account: int = 0,
-            ts_ns: int = 0, source: Optional[str] = None,
+            max_quote: int = 0, ts_ns: int = 0, source: Optional[str] = None,
             source_pos: Optional[int] = None) -> "PlaceOrder":
         return cls(Kind.PLACE.value, ts_ns, symbol, order_id, side, order_type, tif,
-                   price, qty, post_only, account, source, source_pos)
+                   price, qty, post_only, account, max_quote, source, source_pos)
 
 
 class CancelOrder(NamedTuple):
@@ -131,7 +235,7 @@ class BadInput(NamedTuple):
         return cls(Kind.BAD_INPUT.value, ts_ns, raw, error, source, source_pos)
 
 
-Command = Union[AddSymbol, PlaceOrder, CancelOrder, AmendOrder, BadInput]
+Command = Union[AddSymbol, AddAsset, Deposit, Withdraw, PlaceOrder, CancelOrder, AmendOrder, BadInput]
 
 COMMAND_CLASSES = {
     Kind.ADD_SYMBOL.value: AddSymbol,
@@ -139,4 +243,28 @@ COMMAND_CLASSES = {
     Kind.CANCEL.value: CancelOrder,
     Kind.AMEND.value: AmendOrder,
     Kind.BAD_INPUT.value: BadInput,
+    Kind.ADD_ASSET.value: AddAsset,
+    Kind.DEPOSIT.value: Deposit,
+    Kind.WITHDRAW.value: Withdraw,
 }
+
+LEGACY_FIELD_COUNTS = {Kind.ADD_SYMBOL.value: 6, Kind.PLACE.value: 13}
+"""Field counts of the commands whose layout WAL format 2 wrote shorter."""
+
+
+def upgrade_command(record: Any) -> Any:
+    """A command record in a WAL format 2 layout, in today's layout.
+
+    ``[1, ts_ns, symbol, tick_size, source, source_pos]`` becomes an
+    :class:`AddSymbol` with no assets and risk off; a 13-field place gets
+    ``max_quote = 0``. Any other record is returned unchanged.
+    Source: ``eventstore/FORMAT.md``, changelog, version 3.
+    """
+    n = len(record)
+    kind = record[0]
+    if kind == 1 and n == 6:
+        return AddSymbol(record[0], record[1], record[2], record[3], None, None, 1, 1, 0, 0, False, 0,
+                         record[4], record[5])
+    if kind == 2 and n == 13:
+        return PlaceOrder(*record[:11], 0, record[11], record[12])
+    return record

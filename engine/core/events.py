@@ -18,7 +18,8 @@ from typing import NamedTuple, Union
 from .types import Kind
 
 __all__ = ["Trade", "OrderRejected", "OrderRested", "OrderCancelled", "OrderAmended",
-           "SymbolAdded", "Event", "LOGGED_KINDS", "EVENT_CLASSES"]
+           "SymbolAdded", "AssetAdded", "TransferDone", "BalanceChanged", "Event", "LOGGED_KINDS",
+           "EVENT_CLASSES"]
 
 
 class Trade(NamedTuple):
@@ -45,6 +46,8 @@ class Trade(NamedTuple):
 
 class OrderRejected(NamedTuple):
     """The command at ``cmd_seq`` was refused; the state did not change.
+    ``order_id`` is the order's id, or a refused deposit's or withdrawal's
+    ``transfer_id`` (``None`` when the command had no valid one).
     ``reason`` is a :class:`~engine.core.types.RejectReason` code, ``detail``
     a short human text."""
 
@@ -92,7 +95,56 @@ class SymbolAdded(NamedTuple):
     tick_size: int
 
 
-Event = Union[Trade, OrderRejected, OrderRested, OrderCancelled, OrderAmended, SymbolAdded]
+class AssetAdded(NamedTuple):
+    kind: int
+    asset: str
+    scale: int
+
+
+class TransferDone(NamedTuple):
+    """A deposit or withdrawal was applied (``duplicate``: this command
+    repeated an earlier one with the same ``transfer_id`` and body, and
+    changed nothing). ``kind_of`` is the transfer's command kind (7 deposit,
+    8 withdraw); ``available`` the account's available balance after it."""
+
+    kind: int
+    transfer_id: int
+    kind_of: int
+    account: int
+    asset: str
+    amount: int
+    available: int
+    duplicate: bool
+
+
+class BalanceChanged(NamedTuple):
+    """One change of one account's balance in one asset: the engine's ledger.
+
+    ``ledger_seq`` numbers every change of the engine 1, 2, ... gap-free (in
+    snapshots, so a replay numbers them the same); ``cmd_seq`` is the command
+    that caused it. ``available_delta`` / ``held_delta`` are the changes
+    (asset units, signed) and ``available`` / ``held`` the balances after it.
+    ``reason`` is a :class:`~engine.core.types.LedgerReason`; ``ref`` the
+    transfer_id (deposit, withdrawal), the order_id (hold, release) or the
+    match_id (fill, fee). Per asset, the changes of one trade sum to zero.
+    Derived again by replay; never logged.
+    """
+
+    kind: int
+    ledger_seq: int
+    cmd_seq: int
+    account: int
+    asset: str
+    available_delta: int
+    held_delta: int
+    available: int
+    held: int
+    reason: int
+    ref: int
+
+
+Event = Union[Trade, OrderRejected, OrderRested, OrderCancelled, OrderAmended, SymbolAdded, AssetAdded,
+              TransferDone, BalanceChanged]
 
 LOGGED_KINDS = frozenset({Kind.TRADE.value, Kind.REJECTED.value})
 
@@ -103,4 +155,7 @@ EVENT_CLASSES = {
     Kind.CANCELLED.value: OrderCancelled,
     Kind.AMENDED.value: OrderAmended,
     Kind.SYMBOL_ADDED.value: SymbolAdded,
+    Kind.ASSET_ADDED.value: AssetAdded,
+    Kind.TRANSFER_DONE.value: TransferDone,
+    Kind.BALANCE_CHANGED.value: BalanceChanged,
 }

@@ -14,13 +14,15 @@ from typing import Any, Optional
 
 import msgpack
 
-from .commands import COMMAND_CLASSES, Command
-from .errors import SequenceGapError
-from .events import (OrderAmended, OrderCancelled, OrderRejected, OrderRested, SymbolAdded,
+from .accounts import Accounts, SymbolSpec
+from .commands import COMMAND_CLASSES, LEGACY_FIELD_COUNTS, Command, upgrade_command
+from .errors import BookIntegrityError, SequenceGapError
+from .events import (AssetAdded, OrderAmended, OrderCancelled, OrderRejected, OrderRested, SymbolAdded,
                      Trade)
 from .order_book import OrderBook
 from .price_level import RestingOrder
-from .types import (MAX_ORDER_ID, MAX_PRICE, MAX_QTY, CancelReason, Kind, RejectReason)
+from .types import (MAX_AMOUNT, MAX_FEE_PPM, MAX_ORDER_ID, MAX_PRICE, MAX_QTY, CancelReason, Kind,
+                    RejectReason)
 
 __all__ = ["Matcher"]
 
@@ -29,6 +31,9 @@ _CANCEL = Kind.CANCEL.value
 _AMEND = Kind.AMEND.value
 _ADD_SYMBOL = Kind.ADD_SYMBOL.value
 _BAD_INPUT = Kind.BAD_INPUT.value
+_ADD_ASSET = Kind.ADD_ASSET.value
+_DEPOSIT = Kind.DEPOSIT.value
+_WITHDRAW = Kind.WITHDRAW.value
 _REJECTED = Kind.REJECTED.value
 _RESTED = Kind.RESTED.value
 _CANCELLED = Kind.CANCELLED.value
@@ -40,6 +45,8 @@ _IOC_REMAINDER = CancelReason.IOC_REMAINDER.value
 _NO_LIQUIDITY = CancelReason.NO_LIQUIDITY.value
 _FOK_UNFILLED = CancelReason.FOK_UNFILLED.value
 _USER = CancelReason.USER.value
+_BUDGET_EXHAUSTED = CancelReason.BUDGET_EXHAUSTED.value
+_PLAIN = SymbolSpec(None, None, 1, 1, 0, 0, False, 0)   # what a book with no spec is worth
 R = RejectReason
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ frame
 _INT64_MAX = 2**63 - 1
@@ -64,9 +71,12 @@ class Matcher:
         match_sequence: ``match_id`` of the last trade (0 before any).
         positions: ``source -> source_pos`` of the last command applied from it.
         trades: the most recent trades, oldest first.
+        accounts: balances, transfers and the ledger
+            (:class:`~engine.core.accounts.Accounts`).
     """
 
     def __init__(self, trade_history: int = 10_000) -> None:
+        self.accounts = Accounts()
         self.books: dict[str, OrderBook] = {}
         self.last_seq = 0
         self.match_sequence = 0
@@ -103,6 +113,8 @@ class Matcher:
         first_match = self.match_sequence
         kind = cmd[0]
         source = None
+        if type(kind) is int and _FIELD_COUNTS.get(kind) != len(cmd) and LEGACY_FIELD_COUNTS.get(kind) == len(cmd):
+            cmd = upgrade_command(cmd)   # a record of WAL format 2
         if type(kind) is not int or _FIELD_COUNTS.get(kind) != len(cmd):
             out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value,
                                      f"unknown command kind {kind!r} or wrong field count"[:200]))
@@ -127,6 +139,10 @@ class Matcher:
                 self._amend(seq, cmd, out)
             elif kind == _ADD_SYMBOL:
                 self._add_symbol(seq, cmd, out)
+            elif kind == _DEPOSIT or kind == _WITHDRAW:
+                self.accounts.transfer(seq, cmd, out)
+            elif kind == _ADD_ASSET:
+                self._add_asset(seq, cmd, out)
             else:  # _BAD_INPUT: the field counts admit no other kind
                 out.append(OrderRejected(_REJECTED, seq, None, R.MALFORMED.value, str(cmd[3])[:200]))
         trades = self.match_sequence - first_match
@@ -157,7 +173,7 @@ class Matcher:
 
     def _place(self, seq: int, cmd: Any, out: list) -> None:
         (_, ts_ns, symbol, order_id, side, order_type, tif, price, qty, post_only, account,
-         _src, _pos) = cmd
+         max_quote, _src, _pos) = cmd
         book = self.books.get(symbol) if type(symbol) is str else None
         # Fast path: a well-formed limit order that is not post-only. Anything
         # else (or anything wrong) takes _place_checked, which checks field by
@@ -168,7 +184,10 @@ class Matcher:
                 and post_only is False and type(account) is int and 0 <= account <= _INT64_MAX
                 and type(tif) is int and 0 < tif < 4 and order_type == 1 and type(order_type) is int
                 and type(price) is int and 0 < price <= MAX_PRICE and not price % book.tick_size
-                and order_id not in book.orders):
+                and max_quote == 0 and type(max_quote) is int and order_id not in book.orders):
+            if book.risk:
+                self._enter_risk(seq, book, ts_ns, order_id, side, price, qty, tif, account, 0, out)
+                return
             if tif == _FOK and not book.fillable(side, price, qty):
                 out.append(OrderCancelled(_CANCELLED, order_id, qty, _FOK_UNFILLED))
                 return
@@ -178,7 +197,7 @@ class Matcher:
 
     def _place_checked(self, seq: int, cmd: Any, out: list) -> None:
         (_, ts_ns, symbol, order_id, side, order_type, tif, price, qty, post_only, account,
-         _src, _pos) = cmd
+         max_quote, _src, _pos) = cmd
         book = self._book(seq, symbol, order_id, out)
         if book is None:
             return
@@ -204,6 +223,14 @@ class Matcher:
             limit = None
         else:
             return self._reject(seq, order_id, R.INVALID_ORDER_TYPE, "order_type must be 1 (limit) or 2 (market)", out)
+        if not _is_int(max_quote) or not 0 <= max_quote <= MAX_AMOUNT:
+            return self._reject(seq, order_id, R.INVALID_BUDGET, "max_quote must be an integer in 0..2**63-1", out)
+        market_buy = limit is None and side == 1
+        if max_quote and not market_buy:
+            return self._reject(seq, order_id, R.INVALID_BUDGET, "only a market buy takes a budget (max_quote)", out)
+        if market_buy and book.risk and not max_quote:
+            return self._reject(seq, order_id, R.INVALID_BUDGET,
+                                "a market buy in a book with risk on needs a budget (max_quote > 0)", out)
         if post_only:
             if tif != _GTC or limit is None:
                 return self._reject(seq, order_id, R.INVALID_FLAGS, "post-only needs a GTC limit order", out)
@@ -211,8 +238,18 @@ class Matcher:
                 return self._reject(seq, order_id, R.POST_ONLY_WOULD_TAKE, "post-only order would take liquidity", out)
         if order_id in book.orders:
             return self._reject(seq, order_id, R.DUPLICATE_ORDER_ID, f"order {order_id} is already on the book", out)
-        if tif == _FOK and not book.fillable(side, limit, qty):
+        if book.risk:
+            return self._enter_risk(seq, book, ts_ns, order_id, side, limit, qty, tif, account, max_quote, out)
+        if tif == _FOK and not (self._fillable_budget(book, qty, max_quote) if max_quote
+                                else book.fillable(side, limit, qty)):
             out.append(OrderCancelled(_CANCELLED, order_id, qty, _FOK_UNFILLED))
+            return
+        if max_quote:
+            leaves, _spent, exhausted = self._match_budget(seq, book, ts_ns, order_id, qty, max_quote, account,
+                                                           out, False)
+            if leaves:
+                out.append(OrderCancelled(_CANCELLED, order_id, leaves,
+                                          _BUDGET_EXHAUSTED if exhausted else _NO_LIQUIDITY))
             return
         self._enter(seq, book, ts_ns, order_id, side, limit, qty, tif, account, out)
 
@@ -233,6 +270,110 @@ class Matcher:
                 out.append(_new(OrderCancelled, (_CANCELLED, order_id, leaves,
                                                  _NO_LIQUIDITY if limit is None else _IOC_REMAINDER)))
 
+    # ------------------------------------------------------------------ risk
+    def _enter_risk(self, seq: int, book: OrderBook, ts_ns: int, order_id: int, side: int,
+                    limit: Optional[int], qty: int, tif: int, account: int, max_quote: int,
+                    out: list) -> None:
+        """Enter an order into a book with risk on: hold what it can cost
+        (``engine.core.accounts``), match, settle each fill, release what
+        the leaves no longer need. Rejected with ``INSUFFICIENT_FUNDS`` (and
+        nothing changed) when the account's available balance is short."""
+        spec = book.spec
+        acc = self.accounts
+        if side == 1:
+            asset = spec.quote
+            unit = spec.unit(limit) if limit is not None else 0
+            need = qty * unit if limit is not None else max_quote
+        else:
+            asset = spec.base
+            unit = spec.base_per_lot
+            need = qty * unit
+        avail = acc.available(account, asset)
+        if avail < need:
+            return self._reject(seq, order_id, R.INSUFFICIENT_FUNDS,
+                                f"account {account} has {avail} {asset} available, the order needs {need}", out)
+        if tif == _FOK and not (self._fillable_budget(book, qty, max_quote) if max_quote
+                                else book.fillable(side, limit, qty)):
+            out.append(OrderCancelled(_CANCELLED, order_id, qty, _FOK_UNFILLED))
+            return
+        acc.hold(out, seq, account, asset, need, order_id)
+        if max_quote:
+            leaves, spent, exhausted = self._match_budget(seq, book, ts_ns, order_id, qty, max_quote, account,
+                                                          out, True)
+            acc.release(out, seq, account, asset, max_quote - spent, order_id)
+            if leaves:
+                out.append(OrderCancelled(_CANCELLED, order_id, leaves,
+                                          _BUDGET_EXHAUSTED if exhausted else _NO_LIQUIDITY))
+            return
+        if limit is None or (side == 1 and book.top_ask is not None and book.top_ask <= limit) or \
+                (side == 2 and book.top_bid is not None and book.top_bid >= limit):
+            start = len(out)
+            leaves, self.match_sequence = book.match(side, limit, qty, order_id, account, ts_ns,
+                                                     seq, self.match_sequence, out)
+            if len(out) > start:
+                acc.settle(out, start, seq, spec, unit)
+        else:
+            leaves = qty
+        if leaves:
+            if tif == _GTC:
+                book.rest(RestingOrder(order_id, side, limit, leaves, account))
+                out.append(_new(OrderRested, (_RESTED, order_id, side, limit, leaves)))
+            else:
+                acc.release(out, seq, account, asset, leaves * unit, order_id)
+                out.append(_new(OrderCancelled, (_CANCELLED, order_id, leaves,
+                                                 _NO_LIQUIDITY if limit is None else _IOC_REMAINDER)))
+
+    def _match_budget(self, seq: int, book: OrderBook, ts_ns: int, order_id: int, qty: int, budget: int,
+                      account: int, out: list, settle: bool) -> tuple[int, int, bool]:
+        """Fill a market buy level by level while its budget covers the next
+        lot: at a level of price ``p`` it takes at most ``remaining //
+        unit(p)`` lots (``SymbolSpec.unit``) and pays each fill's exact cost.
+        Returns ``(leaves, spent, budget_exhausted)``; ``spent`` in quote units."""
+        spec = book.spec or _PLAIN
+        rem = budget
+        spent = 0
+        while qty:
+            price = book.top_ask
+            if price is None:
+                return qty, spent, False
+            take = min(qty, rem // spec.unit(price))
+            if not take:
+                return qty, spent, True
+            start = len(out)
+            left, self.match_sequence = book.match(1, price, take, order_id, account, ts_ns, seq,
+                                                   self.match_sequence, out)
+            if settle:
+                cost = self.accounts.settle(out, start, seq, spec, None)
+            else:
+                cost = sum(spec.cost(t[4], t[5]) for t in out[start:])
+            rem -= cost
+            spent += cost
+            qty -= take - left
+        return 0, spent, False
+
+    def _fillable_budget(self, book: OrderBook, qty: int, budget: int) -> bool:
+        """Whether a market buy of ``qty`` lots with ``budget`` would fill
+        whole now (for FOK), reckoned as :meth:`_match_budget` takes lots."""
+        spec = book.spec or _PLAIN
+        levels = book.ask_levels
+        rem = budget
+        for price in book.ask_prices:
+            unit = spec.unit(price)
+            take = min(qty, levels[price].qty, rem // unit)
+            qty -= take
+            if not qty:
+                return True
+            if take < levels[price].qty:
+                return False
+            rem -= take * unit
+        return False
+
+    def _release_order(self, seq: int, book: OrderBook, order: RestingOrder, qty: int, out: list) -> None:
+        """Release what ``qty`` lots of a resting order of a risk book hold."""
+        spec = book.spec
+        self.accounts.release(out, seq, order.account, spec.quote if order.side == 1 else spec.base,
+                              spec.need(order.side, order.price, qty), order.order_id)
+
     # ---------------------------------------------------------- cancel, amend
     def _cancel(self, seq: int, cmd: Any, out: list) -> None:
         _, _ts, symbol, order_id, _src, _pos = cmd
@@ -243,6 +384,8 @@ class Matcher:
         if order is None:
             return self._reject(seq, order_id, R.UNKNOWN_ORDER, f"no resting order {order_id!r} in {symbol}", out)
         leaves = order.qty
+        if book.risk:
+            self._release_order(seq, book, order, leaves, out)
         book.remove(order)
         out.append(OrderCancelled(_CANCELLED, order_id, leaves, _USER))
 
@@ -262,60 +405,166 @@ class Matcher:
             return self._reject(seq, order_id, R.PRICE_OFF_TICK, f"price {price} is not a multiple of tick size {book.tick_size}", out)
         if price == order.price and qty <= order.qty:
             if qty < order.qty:
+                if book.risk:
+                    self._release_order(seq, book, order, order.qty - qty, out)
                 book.reduce(order, qty)
             out.append(OrderAmended(_AMENDED, order_id, price, qty, True))
             return
         side, account = order.side, order.account
+        if book.risk:
+            spec = book.spec
+            asset = spec.quote if side == 1 else spec.base
+            more = spec.need(side, price, qty) - spec.need(side, order.price, order.qty)
+            avail = self.accounts.available(account, asset)
+            if more > avail:
+                return self._reject(seq, order_id, R.INSUFFICIENT_FUNDS,
+                                    f"account {account} has {avail} {asset} available, the amend needs {more} more",
+                                    out)
+            self._release_order(seq, book, order, order.qty, out)
+            book.remove(order)
+            out.append(OrderAmended(_AMENDED, order_id, price, qty, False))
+            self._enter_risk(seq, book, ts_ns, order_id, side, price, qty, _GTC, account, 0, out)
+            return
         book.remove(order)
         out.append(OrderAmended(_AMENDED, order_id, price, qty, False))
         self._enter(seq, book, ts_ns, order_id, side, price, qty, _GTC, account, out)
 
     def _add_symbol(self, seq: int, cmd: Any, out: list) -> None:
-        _, _ts, symbol, tick_size, _src, _pos = cmd
+        (_, _ts, symbol, tick_size, base, quote, quote_per_tick, base_per_lot, maker_fee, taker_fee, risk,
+         fee_account, _src, _pos) = cmd
         if type(symbol) is not str or not 0 < len(symbol) <= 32:
             return self._reject(seq, None, R.INVALID_SYMBOL, "symbol must be a string of 1..32 characters", out)
         if not _is_int(tick_size) or not 0 < tick_size <= MAX_PRICE:
             return self._reject(seq, None, R.INVALID_TICK_SIZE, "tick_size must be a positive integer", out)
         if symbol in self.books:
             return self._reject(seq, None, R.SYMBOL_EXISTS, f"symbol {symbol!r} already has a book", out)
-        self.books[symbol] = OrderBook(symbol, tick_size)
+        bad = self._spec_error(base, quote, quote_per_tick, base_per_lot, maker_fee, taker_fee, risk, fee_account)
+        if bad is not None:
+            return self._reject(seq, None, bad[0], bad[1], out)
+        spec = SymbolSpec(base, quote, quote_per_tick, base_per_lot, maker_fee, taker_fee, risk, fee_account)
+        self.books[symbol] = OrderBook(symbol, tick_size, None if spec.is_default() else spec)
         out.append(SymbolAdded(Kind.SYMBOL_ADDED.value, symbol, tick_size))
+
+    def _spec_error(self, base: Any, quote: Any, quote_per_tick: Any, base_per_lot: Any, maker_fee: Any,
+                    taker_fee: Any, risk: Any, fee_account: Any) -> Optional[tuple]:
+        """``(reason, detail)`` of the first field of a symbol's spec that is
+        wrong, or ``None``."""
+        bad = R.INVALID_SYMBOL_SPEC.value
+        if (base is None) != (quote is None):
+            return bad, "base and quote must both be asset names, or both be absent"
+        if base is not None:
+            if type(base) is not str or type(quote) is not str or base == quote:
+                return bad, "base and quote must be two different asset names"
+            for asset in (base, quote):
+                if asset not in self.accounts.assets:
+                    return R.UNKNOWN_ASSET.value, f"unknown asset {asset[:16]!r} (add it with add_asset first)"
+        if not (_is_int(quote_per_tick) and 0 < quote_per_tick <= MAX_AMOUNT
+                and _is_int(base_per_lot) and 0 < base_per_lot <= MAX_AMOUNT):
+            return bad, "quote_per_tick and base_per_lot must be integers in 1..2**63-1"
+        if not (_is_int(maker_fee) and _is_int(taker_fee) and 0 <= maker_fee <= taker_fee <= MAX_FEE_PPM):
+            return bad, f"fees must be integers with 0 <= maker_fee_ppm <= taker_fee_ppm <= {MAX_FEE_PPM}"
+        if type(risk) is not bool or risk and base is None:
+            return bad, "risk must be a bool, and risk on needs base and quote assets"
+        if not _is_int(fee_account) or not 0 <= fee_account <= _INT64_MAX:
+            return bad, "fee_account must be an integer in 0..2**63-1"
+        return None
+
+    def _add_asset(self, seq: int, cmd: Any, out: list) -> None:
+        _, _ts, asset, scale, _src, _pos = cmd
+        if type(asset) is not str or not 0 < len(asset) <= 16:
+            return self._reject(seq, None, R.INVALID_ASSET, "asset must be a string of 1..16 characters", out)
+        if not _is_int(scale) or not 0 <= scale <= 18:
+            return self._reject(seq, None, R.INVALID_ASSET, "scale must be an integer in 0..18 (decimals)", out)
+        if asset in self.accounts.assets:
+            return self._reject(seq, None, R.ASSET_EXISTS, f"asset {asset!r} already exists", out)
+        self.accounts.add_asset(asset, scale)
+        out.append(AssetAdded(Kind.ASSET_ADDED.value, asset, scale))
 
     # ------------------------------------------------------------ state, hash
     def check_invariants(self) -> None:
-        """Run :meth:`OrderBook.check_invariants` on every book."""
+        """Run :meth:`OrderBook.check_invariants` on every book, then
+        :meth:`check_balances`."""
         for book in self.books.values():
             book.check_invariants()
+        self.check_balances()
+
+    def check_balances(self) -> None:
+        """Verify the money invariants (``engine.core.accounts``); raise
+        :class:`BookIntegrityError` naming the first that fails.
+
+        No balance is negative; per asset, available + held over all accounts
+        equals deposits minus withdrawals; every account's held balance in
+        every asset equals what its open orders in books with risk on need.
+        Complexity: O(accounts x assets + resting orders of risk books).
+        """
+        acc = self.accounts
+        needs: dict = {}
+        for book in self.books.values():
+            if not book.risk:
+                continue
+            spec = book.spec
+            for o in book.orders.values():
+                key = (o.account, spec.quote if o.side == 1 else spec.base)
+                needs[key] = needs.get(key, 0) + spec.need(o.side, o.price, o.qty)
+        totals: dict = {}
+        for account, per in acc.balances.items():
+            for asset, (avail, held) in per.items():
+                if avail < 0 or held < 0:
+                    raise BookIntegrityError("accounts", f"account {account} {asset}: negative balance "
+                                             f"available {avail}, held {held}")
+                if held != needs.pop((account, asset), 0):
+                    raise BookIntegrityError("accounts", f"account {account} {asset}: held {held} but its open "
+                                             f"orders need {needs.get((account, asset), 0)}")
+                totals[asset] = totals.get(asset, 0) + avail + held
+        if needs:
+            (account, asset), need = next(iter(needs.items()))
+            raise BookIntegrityError("accounts", f"account {account} {asset}: open orders need {need}, nothing held")
+        for asset, supply in acc.supply.items():
+            if totals.get(asset, 0) != supply:
+                raise BookIntegrityError("accounts", f"{asset}: balances sum to {totals.get(asset, 0)}, "
+                                         f"deposits minus withdrawals are {supply}")
 
     def export_state(self) -> dict:
         """The whole state as plain msgpack-able data (for snapshots)::
 
             {"last_seq": int, "match_sequence": int, "positions": {source: pos},
              "books": [[symbol, tick_size, [[order_id, side, price, qty, account], ...],
-                        trade_count], ...],
-             "trades": [[...Trade fields...], ...]}
+                        trade_count, spec], ...],
+             "trades": [[...Trade fields...], ...],
+             "accounts": Accounts.export_state()}
+
+        ``spec`` is ``SymbolSpec.as_list()`` or ``None`` (a book of market data).
         """
         return {
             "last_seq": self.last_seq,
             "match_sequence": self.match_sequence,
             "positions": dict(self.positions),
-            "books": [[s, b.tick_size, b.export_orders(), b.trade_count] for s, b in sorted(self.books.items())],
+            "books": [[s, b.tick_size, b.export_orders(), b.trade_count,
+                       b.spec.as_list() if b.spec is not None else None] for s, b in sorted(self.books.items())],
             "trades": [list(t) for t in self.trades],
+            "accounts": self.accounts.export_state(),
         }
 
     @classmethod
     def from_state(cls, state: dict, trade_history: int = 10_000) -> "Matcher":
         """Rebuild a matcher from :meth:`export_state` output.
 
+        A state of snapshot format 2 (books of four fields, no accounts)
+        loads as books with no spec and no accounts.
+
         Raises:
-            BookIntegrityError: the state does not form valid books.
+            BookIntegrityError: the state does not form valid books, or the
+                balances break an invariant of :meth:`check_balances`.
         """
         m = cls(trade_history)
         m.last_seq = state["last_seq"]
         m.match_sequence = state["match_sequence"]
         m.positions = dict(state["positions"])
-        for symbol, tick_size, orders, trade_count in state["books"]:
-            book = m.books[symbol] = OrderBook(symbol, tick_size)
+        m.accounts = Accounts.from_state(state.get("accounts"))
+        for entry in state["books"]:
+            symbol, tick_size, orders, trade_count = entry[:4]
+            spec = SymbolSpec(*entry[4]) if len(entry) > 4 and entry[4] is not None else None
+            book = m.books[symbol] = OrderBook(symbol, tick_size, spec)
             book.trade_count = trade_count
             for order_id, side, price, qty, account in orders:
                 book.rest(RestingOrder(order_id, side, price, qty, account))
@@ -324,14 +573,19 @@ class Matcher:
         return m
 
     def state_hash(self) -> str:
-        """SHA-256 (hex) over ``last_seq``, ``match_sequence`` and every book's
-        resting orders in priority order. Equal hashes mean equal books,
-        time priority included. Complexity: O(orders)."""
+        """SHA-256 (hex) over ``last_seq``, ``match_sequence``, every book's
+        spec and resting orders in priority order, and the accounts
+        (balances, transfers, ``ledger_seq``). Equal hashes mean equal
+        states, time priority included. A matcher with no specs and no
+        accounts hashes as in evengine 0.2. Complexity: O(orders + balances)."""
         h = hashlib.sha256()
         packer = msgpack.Packer()
         h.update(packer.pack([self.last_seq, self.match_sequence]))
         for symbol in sorted(self.books):
             book = self.books[symbol]
             h.update(packer.pack([symbol, book.tick_size, book.trade_count]))
+            if book.spec is not None:
+                h.update(packer.pack(book.spec.as_list()))
             h.update(packer.pack(book.export_orders()))
+        self.accounts.hash_into(h, packer)
         return h.hexdigest()

@@ -9,7 +9,7 @@ cancel and amend. Nothing here does I/O or reads a clock.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from sortedcontainers import SortedList
 
@@ -32,17 +32,23 @@ class OrderBook:
     Args:
         symbol: the instrument's name.
         tick_size: smallest price step, in price units (> 0).
+        spec: a :class:`~engine.core.accounts.SymbolSpec` (assets, lot and
+            tick values, fees, risk) or ``None``.
 
     Attributes:
         orders: ``order_id -> RestingOrder`` for every live resting order.
     """
 
     __slots__ = ("symbol", "tick_size", "bid_prices", "ask_prices", "bid_levels",
-                 "ask_levels", "orders", "top_bid", "top_ask", "trade_count")
+                 "ask_levels", "orders", "top_bid", "top_ask", "trade_count", "spec", "risk")
 
-    def __init__(self, symbol: str, tick_size: int = 1) -> None:
+    def __init__(self, symbol: str, tick_size: int = 1, spec: Any = None) -> None:
         self.symbol = symbol
         self.tick_size = tick_size
+        # What a tick and a lot are worth, fees, risk (engine.core.accounts.SymbolSpec);
+        # None for a book of market data. ``risk`` is read on every order.
+        self.spec = spec
+        self.risk = bool(spec is not None and spec.risk)
         self.trade_count = 0   # symbol_seq of the book's last trade
         self.bid_prices = SortedList()
         self.ask_prices = SortedList()

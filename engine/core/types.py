@@ -16,8 +16,8 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
-    "Side", "OrderType", "TimeInForce", "Kind", "RejectReason", "CancelReason",
-    "BUY", "SELL", "MAX_PRICE", "MAX_QTY", "MAX_ORDER_ID",
+    "Side", "OrderType", "TimeInForce", "Kind", "RejectReason", "CancelReason", "LedgerReason",
+    "BUY", "SELL", "MAX_PRICE", "MAX_QTY", "MAX_ORDER_ID", "MAX_AMOUNT", "MAX_FEE_PPM",
 ]
 
 
@@ -57,12 +57,18 @@ class Kind(IntEnum):
     CANCEL = 3
     AMEND = 4
     BAD_INPUT = 5
+    ADD_ASSET = 6
+    DEPOSIT = 7
+    WITHDRAW = 8
     TRADE = 64
     REJECTED = 65
     RESTED = 66
     CANCELLED = 67
     AMENDED = 68
     SYMBOL_ADDED = 69
+    ASSET_ADDED = 70
+    TRANSFER_DONE = 71
+    BALANCE_CHANGED = 72
 
 
 class RejectReason(IntEnum):
@@ -71,6 +77,7 @@ class RejectReason(IntEnum):
     1xx: a field of the command is malformed or out of range.
     2xx: the command conflicts with the engine's state.
     3xx: the order would break its own instructions (post-only).
+    4xx: pre-trade risk: the account cannot cover the order or withdrawal.
     Source: grouping after exchange-core's ``CommandResultCode``.
     """
 
@@ -85,11 +92,21 @@ class RejectReason(IntEnum):
     INVALID_FLAGS = 108
     INVALID_TICK_SIZE = 109
     INVALID_SYMBOL = 110
+    INVALID_ASSET = 111
+    INVALID_AMOUNT = 112
+    INVALID_TRANSFER_ID = 113
+    INVALID_ACCOUNT = 114
+    INVALID_SYMBOL_SPEC = 115
+    INVALID_BUDGET = 116
     UNKNOWN_SYMBOL = 200
     DUPLICATE_ORDER_ID = 201
     UNKNOWN_ORDER = 202
     SYMBOL_EXISTS = 203
+    UNKNOWN_ASSET = 204
+    ASSET_EXISTS = 205
+    TRANSFER_CONFLICT = 206
     POST_ONLY_WOULD_TAKE = 300
+    INSUFFICIENT_FUNDS = 400
 
 
 class CancelReason(IntEnum):
@@ -99,6 +116,25 @@ class CancelReason(IntEnum):
     IOC_REMAINDER = 2
     FOK_UNFILLED = 3
     NO_LIQUIDITY = 4
+    BUDGET_EXHAUSTED = 5
+
+
+class LedgerReason(IntEnum):
+    """Why a balance changed (``BalanceChanged.reason``).
+
+    DEPOSIT / WITHDRAWAL: a transfer; HOLD: an order (or amend) reserved
+    funds; RELEASE: a cancel, an IOC/FOK remainder, an amend or a spent
+    market budget gave reserved funds back; FILL: one side of a trade (what
+    was paid out of held funds, what was received, and the unused part of the
+    reserve it releases); FEE: the fee account's income from a trade.
+    """
+
+    DEPOSIT = 1
+    WITHDRAWAL = 2
+    HOLD = 3
+    RELEASE = 4
+    FILL = 5
+    FEE = 6
 
 
 # Bounds that keep every integer inside msgpack's int64 and leave room for
@@ -106,3 +142,8 @@ class CancelReason(IntEnum):
 MAX_PRICE = 10**12
 MAX_QTY = 10**15
 MAX_ORDER_ID = 2**63 - 1
+# Money: amounts are integers in the asset's smallest unit (10**-scale). The
+# sum of all deposits of an asset stays <= MAX_AMOUNT, so no balance leaves
+# int64. Fees are parts per million of the notional, 0..MAX_FEE_PPM.
+MAX_AMOUNT = 2**63 - 1
+MAX_FEE_PPM = 1_000_000

@@ -1,4 +1,4 @@
-"""Wire formats of the Kafka topics ``orders`` and ``trades`` (spec: ``engine/io/MESSAGES.md``).
+"""Wire formats of the Kafka topics ``orders``, ``trades`` and ``ledger`` (spec: ``engine/io/MESSAGES.md``).
 
 ``orders`` values are a JSON object (UTF-8) or a msgpack map, told apart by the
 first byte. :func:`decode_order` turns one into a command for the matcher and
@@ -10,8 +10,10 @@ and nothing is lost. Values of the right names but wrong contents (a negative
 ``qty``, ``side: "long"``) pass through unchanged: the matcher rejects them
 with its own reason codes (``engine.core.types.RejectReason``).
 
-``trades`` values are JSON objects made by :func:`encode_trade`, keyed by
-symbol so that one symbol's trades stay in order on one partition.
+``orders`` also carries the money commands (``deposit``, ``withdraw``) and
+``add_asset``. ``trades`` values are JSON objects made by :func:`encode_trade`,
+keyed by symbol so that one symbol's trades stay in order on one partition;
+``ledger`` values (:func:`encode_ledger`) are balance changes, keyed by account.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from typing import Any, Optional
 import msgpack
 import orjson
 
-from engine.core.commands import AddSymbol, AmendOrder, BadInput, CancelOrder, Command, PlaceOrder
+from engine.core.commands import (AddAsset, AddSymbol, AmendOrder, BadInput, CancelOrder, Command, Deposit,
+                                  PlaceOrder, Withdraw)
+from engine.core.types import LedgerReason
 
-__all__ = ["decode_order", "command_from_order", "encode_order", "encode_trade", "decode_trade", "trade_message",
-           "order_from_command", "SIDES", "ORDER_TYPES", "TIFS", "MAX_RAW_BYTES"]
+__all__ = ["decode_order", "decode_record", "command_from_order", "encode_order", "encode_trade", "decode_trade",
+           "trade_message", "order_from_command", "ledger_message", "encode_ledger", "decode_ledger",
+           "SIDES", "ORDER_TYPES", "TIFS", "MAX_RAW_BYTES", "LEDGER_REASONS"]
 
 SIDES = {"buy": 1, "sell": 2}
 ORDER_TYPES = {"limit": 1, "market": 2}
@@ -36,10 +41,14 @@ MAX_RAW_BYTES = 1024
 
 _FIELDS = {   # type -> (required fields, allowed fields)
     "place": ({"type", "symbol", "order_id", "side", "qty"},
-              {"price", "order_type", "tif", "post_only", "account", "ts_ns"}),
+              {"price", "order_type", "tif", "post_only", "account", "max_quote", "ts_ns"}),
     "cancel": ({"type", "symbol", "order_id"}, {"ts_ns"}),
     "amend": ({"type", "symbol", "order_id", "price", "qty"}, {"ts_ns"}),
-    "add_symbol": ({"type", "symbol"}, {"tick_size", "ts_ns"}),
+    "add_symbol": ({"type", "symbol"}, {"tick_size", "ts_ns", "base", "quote", "quote_per_tick", "base_per_lot",
+                                        "maker_fee_ppm", "taker_fee_ppm", "risk", "fee_account"}),
+    "add_asset": ({"type", "asset", "scale"}, {"ts_ns"}),
+    "deposit": ({"type", "transfer_id", "account", "asset", "amount"}, {"ts_ns"}),
+    "withdraw": ({"type", "transfer_id", "account", "asset", "amount"}, {"ts_ns"}),
 }
 _FIELDS = {k: (frozenset(req), frozenset(req | opt)) for k, (req, opt) in _FIELDS.items()}
 
@@ -95,10 +104,10 @@ def decode_order(value: Optional[bytes], *, source: str, offset: int, ts_ns: int
         A ``PlaceOrder``, ``CancelOrder``, ``AmendOrder`` or ``AddSymbol``; a
         ``BadInput`` (with the reason) for anything that is not one. Never raises.
     """
-    return _decode(value, source, offset, ts_ns)
+    return decode_record(value, source, offset, ts_ns)
 
 
-def _decode(value: Optional[bytes], source: str, offset: int, ts_ns: int) -> Command:
+def decode_record(value: Optional[bytes], source: str, offset: int, ts_ns: int) -> Command:
     """:func:`decode_order` with positional arguments (the fetch loop's hot path)."""
     if value is None:
         return BadInput.new(None, "empty message (tombstone)", ts_ns=ts_ns, source=source, source_pos=offset)
@@ -142,6 +151,12 @@ def _command(obj: dict, raw: Any, source: Optional[str], offset: Optional[int], 
         return BadInput.new(_keep(raw), f"{kind}: unknown field(s) {', '.join(sorted(map(str, unknown)))}",
                             ts_ns=ts_ns, source=source, source_pos=offset)
     ts = obj.get("ts_ns", ts_ns)
+    if kind == "deposit" or kind == "withdraw":
+        cls = Deposit if kind == "deposit" else Withdraw
+        return cls.new(obj["transfer_id"], obj["account"], obj["asset"], obj["amount"], ts_ns=ts, source=source,
+                       source_pos=offset)
+    if kind == "add_asset":
+        return AddAsset.new(obj["asset"], obj["scale"], ts_ns=ts, source=source, source_pos=offset)
     symbol = obj["symbol"]
     if kind == "place":
         # names to codes; anything else passes through for the matcher to reject
@@ -159,12 +174,16 @@ def _command(obj: dict, raw: Any, source: Optional[str], offset: Optional[int], 
             side = SIDES.get(side, side)
         price = get("price", 0 if order_type == 2 else None)
         return PlaceOrder(2, ts, symbol, obj["order_id"], side, order_type, tif, price, obj["qty"],
-                          get("post_only", False), get("account", 0), source, offset)
+                          get("post_only", False), get("account", 0), get("max_quote", 0), source, offset)
     if kind == "cancel":
         return CancelOrder(3, ts, symbol, obj["order_id"], source, offset)
     if kind == "amend":
         return AmendOrder(4, ts, symbol, obj["order_id"], obj["price"], obj["qty"], source, offset)
-    return AddSymbol(1, ts, symbol, obj.get("tick_size", 1), source, offset)
+    get = obj.get
+    return AddSymbol.new(symbol, get("tick_size", 1), ts, source, offset, base=get("base"), quote=get("quote"),
+                         quote_per_tick=get("quote_per_tick", 1), base_per_lot=get("base_per_lot", 1),
+                         maker_fee_ppm=get("maker_fee_ppm", 0), taker_fee_ppm=get("taker_fee_ppm", 0),
+                         risk=get("risk", False), fee_account=get("fee_account", 0))
 
 
 _TYPE_NAMES = {v: k for k, v in ORDER_TYPES.items()}
@@ -193,6 +212,8 @@ def order_from_command(cmd: Any) -> dict:
             order["post_only"] = True
         if cmd.account:
             order["account"] = cmd.account
+        if cmd.max_quote:
+            order["max_quote"] = cmd.max_quote
         return order
     if kind == 3:
         return {"type": "cancel", "symbol": cmd.symbol, "order_id": cmd.order_id, "ts_ns": cmd.ts_ns}
@@ -200,7 +221,17 @@ def order_from_command(cmd: Any) -> dict:
         return {"type": "amend", "symbol": cmd.symbol, "order_id": cmd.order_id, "price": cmd.price,
                 "qty": cmd.qty, "ts_ns": cmd.ts_ns}
     if kind == 1:
-        return {"type": "add_symbol", "symbol": cmd.symbol, "tick_size": cmd.tick_size, "ts_ns": cmd.ts_ns}
+        order = {"type": "add_symbol", "symbol": cmd.symbol, "tick_size": cmd.tick_size, "ts_ns": cmd.ts_ns}
+        for name, default in (("base", None), ("quote", None), ("quote_per_tick", 1), ("base_per_lot", 1),
+                              ("maker_fee_ppm", 0), ("taker_fee_ppm", 0), ("risk", False), ("fee_account", 0)):
+            if getattr(cmd, name) != default:
+                order[name] = getattr(cmd, name)
+        return order
+    if kind == 6:
+        return {"type": "add_asset", "asset": cmd.asset, "scale": cmd.scale, "ts_ns": cmd.ts_ns}
+    if kind == 7 or kind == 8:
+        return {"type": "deposit" if kind == 7 else "withdraw", "transfer_id": cmd.transfer_id,
+                "account": cmd.account, "asset": cmd.asset, "amount": cmd.amount, "ts_ns": cmd.ts_ns}
     raise ValueError(f"not an order: {cmd!r}")
 
 
@@ -269,4 +300,39 @@ def decode_trade(value: bytes) -> dict:
     if not (isinstance(obj, dict) and type(obj.get("match_id")) is int and isinstance(obj.get("symbol"), str)
             and type(obj.get("symbol_seq")) is int):
         raise ValueError("not a trade message: needs integer match_id and symbol_seq and a string symbol")
+    return obj
+
+
+LEDGER_REASONS = {r.value: r.name.lower() for r in LedgerReason}
+
+
+def ledger_message(change: Any, ts_ns: int) -> dict:
+    """The ``ledger`` record of one balance change
+    (``engine.core.events.BalanceChanged``) caused by a command stamped
+    ``ts_ns``. Amounts in the asset's smallest units, signed deltas."""
+    (_, ledger_seq, cmd_seq, account, asset, d_avail, d_held, avail, held, reason, ref) = change
+    return {"ledger_seq": ledger_seq, "cmd_seq": cmd_seq, "ts_ns": ts_ns, "account": account, "asset": asset,
+            "available_delta": d_avail, "held_delta": d_held, "available": avail, "held": held,
+            "reason": LEDGER_REASONS.get(reason, reason), "ref": ref}
+
+
+def encode_ledger(change: Any, ts_ns: int) -> bytes:
+    """:func:`ledger_message` as the JSON bytes published to ``ledger``, keyed by account."""
+    return orjson.dumps(ledger_message(change, ts_ns))
+
+
+def decode_ledger(value: bytes) -> dict:
+    """A ``ledger`` value back to its dict.
+
+    Raises:
+        ValueError: not a ledger message (not JSON, or ``ledger_seq``,
+            ``account``, the deltas and balances not integers, ``asset`` not
+            a string, ``reason`` not a known name).
+    """
+    obj = json.loads(value)
+    if not (isinstance(obj, dict) and all(type(obj.get(k)) is int for k in (
+            "ledger_seq", "cmd_seq", "account", "available_delta", "held_delta", "available", "held", "ref"))
+            and isinstance(obj.get("asset"), str) and obj.get("reason") in LEDGER_REASONS.values()):
+        raise ValueError("not a ledger message: needs integer ledger_seq, cmd_seq, account, deltas, balances "
+                         "and ref, a string asset and a known reason")
     return obj

@@ -181,6 +181,12 @@ class EngineRuntime:
             await fut
         return target
 
+    def flush(self) -> None:
+        """End the group-commit batch now (one WAL frame for what was
+        submitted since the last one): for a source that submits a whole
+        fetch at a time."""
+        self._flush()
+
     # ---------------------------------------------------------------- plumbing
     def add_sink(self, sink: Callable[[int, Any, list], None]) -> None:
         self.engine.add_sink(sink)

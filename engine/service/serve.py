@@ -87,7 +87,7 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
     stats: dict = {}
     try:
         if kafka is not None:
-            from engine.io.kafka import KafkaBridge
+            from .kafka_bridge import KafkaBridge
             bridge = KafkaBridge(rt, kafka)
             await bridge.run()
             stats = bridge.stats

@@ -12,7 +12,7 @@ import copy
 import msgpack
 import pytest
 
-from engine.core import (AddSymbol, AmendOrder, BadInput, CancelOrder, CancelReason, Kind,
+from engine.core import (AddAsset, AddSymbol, AmendOrder, BadInput, CancelOrder, CancelReason, Deposit, Kind, Withdraw,
                          Matcher, OrderAmended, OrderCancelled, OrderRejected, OrderRested,
                          PlaceOrder, RejectReason, SequenceGapError, SymbolAdded, Trade,
                          BookIntegrityError)
@@ -360,6 +360,9 @@ BASE_COMMANDS = {
     "place": buy(10, 1600, 3, account=1),
     "cancel": CancelOrder.new("X", 1),
     "amend": AmendOrder.new("X", 1, 1550, 3),
+    "asset": AddAsset.new("EUR", 2),
+    "deposit": Deposit.new(5, 1, "USD", 100),
+    "withdraw": Withdraw.new(6, 9, "USD", 100),
 }
 
 
@@ -372,6 +375,12 @@ def _still_valid(name: str, field: str, value) -> bool:
     if field == "source_pos" and value is None:
         return True
     if name == "add" and field == "symbol" and type(value) is str and 1 <= len(value) <= 32:
+        return True
+    if name == "add" and (field in ("base", "quote") and value is None or field == "risk" and value is False):
+        return True
+    if name in ("deposit", "withdraw") and field == "asset" and type(value) is str and 1 <= len(value) <= 16:
+        return True   # well formed: an unknown asset is refused, and remembered under the transfer_id
+    if name == "asset" and field == "asset" and type(value) is str and 1 <= len(value) <= 16:
         return True
     return False
 
@@ -430,9 +439,13 @@ def test_unknown_command_kind_rejected(cmd):
 def test_command_whose_kind_does_not_match_its_shape_is_rejected():
     m = book_from_ladder("bid|price|ask\n |1600|5\n4|1550|")
     before = state_but_seq(m)
-    for kind in (Kind.ADD_SYMBOL, Kind.CANCEL, Kind.AMEND):
+    for kind in (Kind.CANCEL, Kind.AMEND, Kind.DEPOSIT, Kind.ADD_ASSET):
         assert rejects(apply(m, buy(10, 1600, 1)._replace(kind=kind.value))) == [R.MALFORMED]
     assert rejects(apply(m, CancelOrder.new("X", 1)._replace(kind=Kind.PLACE.value))) == [R.MALFORMED]
+    # a place and an add-symbol have as many fields: the fields' checks refuse it
+    assert rejects(apply(m, buy(10, 1600, 1)._replace(kind=Kind.ADD_SYMBOL.value))) == [R.SYMBOL_EXISTS]
+    assert rejects(apply(m, buy(10, 1600, 1)._replace(kind=Kind.ADD_SYMBOL.value, symbol="Z"))) == \
+        [R.INVALID_SYMBOL_SPEC]
     assert state_but_seq(m) == before
 
 

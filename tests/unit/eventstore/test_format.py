@@ -37,5 +37,5 @@ def test_encoder_reproduces_format_md_bytes():
 def test_segment_header_carries_magic_and_version():
     head = encode_segment_header(42)
     assert head[:8] == b"EVWAL\x00\r\n"
-    assert int.from_bytes(head[8:10], "little") == 2
+    assert int.from_bytes(head[8:10], "little") == 3
     assert int.from_bytes(head[16:24], "little") == 42

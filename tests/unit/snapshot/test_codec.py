@@ -20,7 +20,7 @@ def tiny_matcher() -> Matcher:
 
 def test_header_bytes_match_format_md():
     data = encode_snapshot(tiny_matcher().export_state())
-    assert data[:24] == bytes.fromhex("4556534e41500d0a0200000030000000" "0200000000000000")
+    assert data[:24] == bytes.fromhex("4556534e41500d0a0300000030000000" "0200000000000000")
 
 
 def test_roundtrip_restores_same_state_hash():
