@@ -33,12 +33,15 @@ def _require_data(data_dir: str) -> None:
 
 
 def make_source(spec: str, symbol: Optional[str] = None, *, price_decimals: Optional[int] = None,
-                size_decimals: Optional[int] = None) -> Any:
+                size_decimals: Optional[int] = None, accounts: int = 0) -> Any:
     """Build a source from ``lobster:MESSAGES[:ORDERBOOK]``, ``bitstamp:ORDERS``
     or ``synthetic:N[:SEED]`` (the seeded benchmark flow).
 
     ``price_decimals``/``size_decimals`` (Bitstamp only; ``None``: measured
     from the file) fix the units, see ``engine.io.bitstamp.BitstampSource``.
+    ``accounts`` (synthetic only) funds that many accounts and turns risk on
+    (``engine.io.synthetic.SyntheticSource``); replayed market data has no
+    known balances, so its books keep risk off.
 
     Raises:
         ValueError: unknown kind, missing file, a wrong Bitstamp header, or
@@ -47,6 +50,9 @@ def make_source(spec: str, symbol: Optional[str] = None, *, price_decimals: Opti
     kind, _, rest = spec.partition(":")
     if not rest:
         raise ValueError(f"source {spec!r}: expected lobster:MESSAGES[:ORDERBOOK] or bitstamp:ORDERS")
+    if accounts and kind != "synthetic":
+        raise ValueError(f"source {spec!r}: --accounts applies to synthetic sources only (the balances of a "
+                         "file's participants are unknown)")
     if kind == "lobster":
         parts = rest.split(":")
         if len(parts) > 2:
@@ -72,7 +78,7 @@ def make_source(spec: str, symbol: Optional[str] = None, *, price_decimals: Opti
         except ValueError:
             raise ValueError(f"source {spec!r}: expected synthetic:N[:SEED]") from None
         from engine.io.synthetic import SyntheticSource
-        return SyntheticSource(n, seed, symbol=symbol or "SYN")
+        return SyntheticSource(n, seed, symbol=symbol or "SYN", accounts=accounts)
     raise ValueError(f"unknown source kind {kind!r} (known: lobster, bitstamp, synthetic)")
 
 
@@ -95,6 +101,7 @@ def start(
     kafka: Optional[str] = typer.Option(None, "--kafka", help="Kafka bootstrap servers (host:port,...): consume orders, publish trades."),
     orders_topic: str = typer.Option("orders", help="Kafka topic of incoming orders."),
     trades_topic: str = typer.Option("trades", help="Kafka topic trades are published to."),
+    ledger_topic: str = typer.Option("ledger", help="Kafka topic balance changes are published to (keyed by account)."),
     group: str = typer.Option("evengine", help="Consumer group the engine commits its input offsets under (lag monitoring)."),
     partitions: Optional[str] = typer.Option(None, help="The orders partitions this engine owns, e.g. 0,1 (default: all); one engine per shard."),
     http: Optional[str] = typer.Option(None, "--http", help="Serve the HTTP order gateway on HOST:PORT (e.g. 127.0.0.1:8080)."),
@@ -103,6 +110,7 @@ def start(
     add_symbol: list[str] = typer.Option([], "--add-symbol", help="Open the book SYMBOL[:TICK_SIZE] at start if missing (repeatable; Kafka/HTTP mode)."),
     price_decimals: Optional[int] = typer.Option(None, "--price-decimals", help="Bitstamp source: the price unit is 10^-N USD (default: the most decimals in the file)."),
     size_decimals: Optional[int] = typer.Option(None, "--size-decimals", help="Bitstamp source: a lot is 10^-N of the file's volume unit (default: the most decimals in the file)."),
+    accounts: int = typer.Option(0, "--accounts", min=0, help="Synthetic source: fund K accounts and turn pre-trade risk on."),
 ) -> None:
     """Recover, then run the engine: on a file source to its end (exit 0 with
     a summary), or, with --kafka and/or --http, as a service until stopped.
@@ -116,7 +124,8 @@ def start(
     if kafka is not None or http is not None:
         if source is not None:
             _fail("--source reads a file; it cannot be combined with --kafka or --http", 2)
-        _start_service(data_dir, kafka=kafka, orders_topic=orders_topic, trades_topic=trades_topic, group=group,
+        _start_service(data_dir, kafka=kafka, orders_topic=orders_topic, trades_topic=trades_topic,
+                       ledger_topic=ledger_topic, group=group,
                        partitions=partitions, http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
                        snapshot_retain=snapshot_retain, segment_size_mb=segment_size_mb,
                        print_trades=print_trades, json_summary=json_summary, pin_cpus=bool(pin_cpus))
@@ -124,7 +133,8 @@ def start(
     if source is None:
         _fail("nothing to run: give --source FILE, --kafka BOOTSTRAP or --http HOST:PORT", 2)
     try:
-        src = make_source(source, symbol, price_decimals=price_decimals, size_decimals=size_decimals)
+        src = make_source(source, symbol, price_decimals=price_decimals, size_decimals=size_decimals,
+                          accounts=accounts)
     except ValueError as exc:
         _fail(str(exc), 2)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
@@ -194,7 +204,8 @@ def _http_bind(http: str, token: Optional[str]) -> tuple[str, int]:
     return host, int(port)
 
 
-def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, trades_topic: str, group: str,
+def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, trades_topic: str,
+                   ledger_topic: str, group: str,
                    partitions: Optional[str],
                    http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
                    snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool,
@@ -217,7 +228,8 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
             parts = [int(p) for p in partitions.split(",")] if partitions else None
         except ValueError:
             _fail(f"--partitions wants integers like 0,1, got {partitions!r}", 2)
-        kcfg = KafkaConfig(kafka, orders_topic=orders_topic, trades_topic=trades_topic, group_id=group,
+        kcfg = KafkaConfig(kafka, orders_topic=orders_topic, trades_topic=trades_topic, ledger_topic=ledger_topic,
+                           group_id=group,
                            partitions=parts)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
                        segment_size_bytes=int(segment_size_mb * (1 << 20)),
@@ -424,6 +436,40 @@ def order(
         print(life.to_json(orient="records", date_format="iso"))
     else:
         typer.echo(life.to_string(index=False))
+
+
+@app.command()
+def balances(
+    account: Optional[int] = typer.Option(None, "--account", help="Only this account."),
+    at_seq: Optional[int] = typer.Option(None, "--at-seq", help="As after WAL event N (time travel; default: the last durable event)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    data_dir: str = DataDir,
+) -> None:
+    """Balances from the WAL: per account and asset, available and held (the
+    asset's smallest units), and per asset the totals beside deposits minus
+    withdrawals (equal, or the data is damaged: exit 1). Safe while an engine
+    runs on the directory: it reads only durable events."""
+    _require_data(data_dir)
+    from recovery import open_data_dir
+    h = open_data_dir(data_dir)
+    seq = h.last_seq if at_seq is None else at_seq
+    try:
+        report = h.balance_report(seq, account=account)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if json_out:
+        print(json.dumps(report))
+    else:
+        typer.echo(f"balances after seq {report['seq']} (ledger_seq {report['ledger_seq']})")
+        typer.echo(f"{'account':>12} {'asset':<8} {'available':>22} {'held':>22}")
+        for row in report["balances"]:
+            typer.echo(f"{row['account']:>12} {row['asset']:<8} {row['available']:>22} {row['held']:>22}")
+        typer.echo("totals (all accounts):")
+        for asset, t in report["totals"].items():
+            typer.echo(f"{'':>12} {asset:<8} available {t['available']}, held {t['held']}, total {t['total']}, "
+                       f"deposits - withdrawals {t['deposits_minus_withdrawals']}")
+    if not report["totals_equal_supply"]:
+        raise typer.Exit(1)
 
 
 @app.command()

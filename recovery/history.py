@@ -30,7 +30,7 @@ from engine.core import Matcher
 from .keyframes import Cursor
 from .time_travel import History, to_ns
 
-__all__ = ["book", "book_at_time", "bbo", "trades", "order", "diff", "depth_heatmap", "what_if",
+__all__ = ["book", "book_at_time", "bbo", "trades", "order", "diff", "depth_heatmap", "what_if", "balances", "ledger",
            "BookDiff", "WhatIf", "L2_COLUMNS", "L3_COLUMNS", "TRADE_COLUMNS", "BBO_COLUMNS", "ORDER_COLUMNS"]
 
 L2_COLUMNS = ["side", "level", "price", "qty", "orders", "cum_qty"]
@@ -178,6 +178,65 @@ def _top(b: Any) -> tuple:
     bid, ask = b.top_bid, b.top_ask
     return (bid, b.bid_levels[bid].qty if bid is not None else None,
             ask, b.ask_levels[ask].qty if ask is not None else None)
+
+
+BALANCE_COLUMNS = ["account", "asset", "scale", "available", "held", "total"]
+LEDGER_COLUMNS = ["ledger_seq", "cmd_seq", "ts", "account", "asset", "reason", "available_delta", "held_delta",
+                  "available", "held", "ref"]
+_LEDGER_REASONS = {1: "deposit", 2: "withdrawal", 3: "hold", 4: "release", 5: "fill", 6: "fee"}
+
+
+def balances(h: History, seq: int, account: Optional[int] = None) -> pd.DataFrame:
+    """Every account's balance per asset right after ``seq`` (only
+    ``account``'s when given), by account then asset.
+
+    Columns: ``account``, ``asset``, ``scale`` (the asset's decimals),
+    ``available``, ``held``, ``total`` (int64, the asset's smallest units),
+    and ``available_dec``, ``held_dec``, ``total_dec`` (float64: units /
+    10**scale, for display). ``attrs``: ``seq``, ``ledger_seq``.
+    """
+    report = h.balance_report(seq, account)
+    scales = {a: t["scale"] for a, t in report["totals"].items()}
+    rows = [(r["account"], r["asset"], scales.get(r["asset"]), r["available"], r["held"],
+             r["available"] + r["held"]) for r in report["balances"]]
+    df = pd.DataFrame(rows, columns=BALANCE_COLUMNS)
+    for c in ("account", "scale", "available", "held", "total"):
+        df[c] = df[c].astype("int64")
+    div = 10.0 ** df["scale"].astype("float64")
+    for c in ("available", "held", "total"):
+        df[f"{c}_dec"] = df[c].astype("float64") / div
+    df.attrs.update(seq=seq, ledger_seq=report["ledger_seq"])
+    return df
+
+
+def ledger(h: History, from_seq: int, to_seq: int, account: Optional[int] = None) -> pd.DataFrame:
+    """Every balance change the commands ``from_seq``..``to_seq`` caused, in
+    ``ledger_seq`` order (only ``account``'s when given): the engine's ledger,
+    derived by replay (it is not logged).
+
+    Columns: ``ledger_seq``, ``cmd_seq``, ``ts`` (the command's), ``account``,
+    ``asset``, ``reason`` (``deposit``, ``withdrawal``, ``hold``, ``release``,
+    ``fill``, ``fee``), ``available_delta``, ``held_delta`` (signed),
+    ``available``, ``held`` (after the change), ``ref`` (transfer_id,
+    order_id or match_id). Amounts in the asset's smallest units.
+    Complexity: replays ``to_seq - from_seq`` events.
+    """
+    rows: list = []
+
+    def post(seq: int, cmd: Any, out: list, _ctx: Any) -> None:
+        for ev in out:
+            if ev[0] == 72 and (account is None or ev[3] == account):
+                rows.append((ev[1], ev[2], cmd[1], ev[3], ev[4], _LEDGER_REASONS.get(ev[9], str(ev[9])),
+                             ev[5], ev[6], ev[7], ev[8], ev[10]))
+
+    h.timeline.walk(max(from_seq - 1, 0), to_seq, post)
+    df = pd.DataFrame(rows, columns=LEDGER_COLUMNS)
+    for c in LEDGER_COLUMNS:
+        if c not in ("ts", "asset", "reason"):
+            df[c] = df[c].astype("int64")
+    df["ts"] = _ts(df["ts"].to_numpy(dtype="int64"))
+    df.attrs.update(from_seq=from_seq, to_seq=to_seq)
+    return df
 
 
 def bbo(h: History, from_seq: int, to_seq: int, symbol: str, every: Optional[str] = None) -> pd.DataFrame:

@@ -126,6 +126,31 @@ class History:
             raise KeyError(f"no order book for {symbol!r} at seq {seq} (symbols: {sorted(matcher.books)})")
         return book
 
+    def balance_report(self, seq: int, account: Optional[int] = None) -> dict:
+        """Balances right after ``seq`` as plain data::
+
+            {"seq", "ledger_seq", "balances": [{"account", "asset", "available", "held"}, ...],
+             "totals": {asset: {"scale", "available", "held", "total", "deposits_minus_withdrawals"}},
+             "totals_equal_supply": bool}
+
+        Amounts in each asset's smallest units (``10**-scale``). ``balances``
+        by account then asset, only ``account``'s when given; ``totals`` are
+        over every account (the fee account included).
+
+        Raises:
+            ValueError: ``seq`` is below 0 or beyond the WAL's last event.
+        """
+        acc = self.timeline.seek(seq).matcher.accounts
+        rows = [{"account": a, "asset": asset, "available": b[0], "held": b[1]}
+                for a in sorted(acc.balances) if account is None or a == account
+                for asset, b in sorted(acc.balances[a].items())]
+        totals = {}
+        for asset, (avail, held) in sorted(acc.totals().items()):
+            totals[asset] = {"scale": acc.assets.get(asset), "available": avail, "held": held, "total": avail + held,
+                             "deposits_minus_withdrawals": acc.supply.get(asset, 0)}
+        return {"seq": seq, "ledger_seq": acc.ledger_seq, "balances": rows, "totals": totals,
+                "totals_equal_supply": all(t["total"] == t["deposits_minus_withdrawals"] for t in totals.values())}
+
     def state_hash(self, seq: int) -> str:
         """:meth:`Matcher.state_hash` of the state right after ``seq`` (its
         ``last_seq`` is the end of the step holding ``seq``)."""
@@ -176,6 +201,20 @@ class History:
         """:meth:`book` after the last event at or before ``ts``; see :func:`recovery.history.book_at_time`."""
         from . import history
         return history.book_at_time(self, ts, symbol, depth, level)
+
+    def balances(self, seq: int, account: Optional[int] = None) -> Any:
+        """DataFrame of the balances after ``seq``: account, asset, scale,
+        available, held, total (smallest units) and, where the scale is
+        known, ``available_dec``/``held_dec``/``total_dec`` as decimals."""
+        from . import history
+        return history.balances(self, seq, account)
+
+    def ledger(self, from_seq: int, to_seq: int, account: Optional[int] = None) -> Any:
+        """DataFrame of every balance change caused by the commands ``from_seq``
+        ..``to_seq``: ledger_seq, cmd_seq, ts, account, asset, reason,
+        available_delta, held_delta, available, held, ref."""
+        from . import history
+        return history.ledger(self, from_seq, to_seq, account)
 
     def bbo(self, from_seq: int, to_seq: int, symbol: str, every: Optional[str] = None) -> Any:
         """Top of book after every change; see :func:`recovery.history.bbo`."""

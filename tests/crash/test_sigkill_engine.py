@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-from recovery import verify
+from recovery import open_data_dir, verify
 from tests.support.crash import ROOT, eventually, kill_after, run_to_end, start, wal_state
 
 # Small segments and frequent snapshots, so that kills land during segment
-# rotations and while snapshot children are writing.
-ARGS = ("--segment-size-mb", "0.25", "--snapshot-every", "8000", "--snapshot-retain", "2")
+# rotations and while snapshot children are writing; 1,000 funded accounts with
+# risk on, so that balances, holds and the ledger must come back exact too.
+ARGS = ("--segment-size-mb", "0.25", "--snapshot-every", "8000", "--snapshot-retain", "2", "--accounts", "1000")
 SOURCE = "synthetic:150000:11"
 
 
@@ -60,6 +61,10 @@ def test_sigkill_at_random_points_then_restart_matches_uninterrupted_run(tmp_pat
     report = verify(str(data))
     assert report["mismatches"] == 0 and report["state_hash"] == reference["state_hash"]
     assert report["snapshot_mismatches"] == []
+    crashed, uninterrupted = (open_data_dir(str(d)) for d in (data, tmp_path / "reference"))
+    got = crashed.balance_report(crashed.last_seq)
+    assert got == uninterrupted.balance_report(uninterrupted.last_seq)
+    assert got["totals_equal_supply"] and got["ledger_seq"] > 0 and len(got["balances"]) > 1000
 
 
 def test_kill_during_snapshot_child_write_recovers(tmp_path):
