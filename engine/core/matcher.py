@@ -353,19 +353,30 @@ class Matcher:
 
     def _fillable_budget(self, book: OrderBook, qty: int, budget: int) -> bool:
         """Whether a market buy of ``qty`` lots with ``budget`` would fill
-        whole now (for FOK), reckoned as :meth:`_match_budget` takes lots."""
+        whole now (for FOK): a dry run of :meth:`_match_budget`, batch by
+        batch, each fill's exact cost taken off the budget. Complexity:
+        O(orders walked)."""
         spec = book.spec or _PLAIN
         levels = book.ask_levels
         rem = budget
         for price in book.ask_prices:
             unit = spec.unit(price)
-            take = min(qty, levels[price].qty, rem // unit)
-            qty -= take
-            if not qty:
-                return True
-            if take < levels[price].qty:
-                return False
-            rem -= take * unit
+            makers = [o.qty for o in levels[price].live()]
+            i = 0
+            while i < len(makers):
+                take = min(qty, rem // unit)
+                if not take:
+                    return False
+                while take and i < len(makers):
+                    fill = min(take, makers[i])
+                    rem -= spec.cost(price, fill)
+                    makers[i] -= fill
+                    take -= fill
+                    qty -= fill
+                    if not makers[i]:
+                        i += 1
+                if not qty:
+                    return True
         return False
 
     def _release_order(self, seq: int, book: OrderBook, order: RestingOrder, qty: int, out: list) -> None:

@@ -17,14 +17,14 @@ Example counts are kept modest (``SETTINGS``).
 
 from __future__ import annotations
 
-import msgpack
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from engine.core import (AddSymbol, AmendOrder, BadInput, CancelOrder, CancelReason, Matcher,
                          PlaceOrder, RejectReason)
-from tests.support.ref_book import RefEngine, event_key
+from tests.support.ref_book import RefEngine
+from tests.support.ref_compare import assert_same_state, restored, step
 
 # Local settings (a module must not change the session's profile). Modest
 # counts keep the suite fast; raise them here for a deep run.
@@ -132,57 +132,11 @@ def any_command(draw):
 commands = any_command()
 
 
-def describe(key: tuple) -> str:
-    if key[0] == "rejected":
-        return f"rejected {RejectReason(key[-1]).name}"
-    if key[0] == "cancelled":
-        return f"cancelled {CancelReason(key[-1]).name}"
-    if key[0] == "amended":
-        return "amended, priority kept" if key[-1] else "amended, priority lost"
-    return key[0]
-
-
-def step(matcher: Matcher, ref: RefEngine, cmd, twin: Matcher | None = None) -> list:
-    """Apply ``cmd`` to all; assert they said the same; return the matcher's events."""
-    seq = matcher.last_seq + 1
-    events = matcher.apply(seq, cmd)
-    keys = [event_key(e) for e in events]
-    assert keys == ref.apply(cmd), cmd
-    for key in keys:        # --hypothesis-show-statistics shows the mix
-        event(describe(key))
-    matcher.check_invariants()
-    if twin is not None:
-        assert twin.apply(seq, cmd) == events, cmd
-        twin.check_invariants()
-    return events
-
-
-def assert_same_state(matcher: Matcher, ref: RefEngine) -> None:
-    assert (matcher.last_seq, matcher.match_sequence) == (ref.last_seq, ref.match_id)
-    assert matcher.positions == ref.positions
-    assert sorted(matcher.books) == sorted(ref.symbols)
-    for symbol, book in matcher.books.items():
-        assert book.tick_size == ref.symbols[symbol].tick_size
-        for side in (BUY, SELL):
-            assert book.depth(side) == ref.depth(symbol, side), (symbol, side)
-        assert book.export_orders() == ref.export_orders(symbol), symbol
-
-
 def new_pair() -> tuple:
     matcher, ref = Matcher(), RefEngine()
     for symbol, tick_size in SYMBOLS.items():
         step(matcher, ref, AddSymbol.new(symbol, tick_size))
     return matcher, ref
-
-
-def restored(matcher: Matcher) -> Matcher:
-    """A matcher rebuilt from ``matcher``'s state sent through msgpack."""
-    state = msgpack.unpackb(msgpack.packb(matcher.export_state()), strict_map_key=False)
-    twin = Matcher.from_state(state)
-    twin.check_invariants()
-    assert twin.state_hash() == matcher.state_hash()
-    assert twin.export_state() == matcher.export_state()
-    return twin
 
 
 class MatcherVsReference(RuleBasedStateMachine):
