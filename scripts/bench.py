@@ -27,6 +27,11 @@ Figures (machines here are shared and noisy: compare ratios within one run):
      matching, WAL append, encode, os.writev per frame, gate, waiting), and
      cProfile's largest functions of the sources. A missing data file skips
      its part with a message.
+  7. accounts (``--only risk`` runs just this): the funded synthetic flow
+     (``SyntheticSource(accounts=1000)``: deposits, then the same mix with an
+     account per order and market buys with a budget), matching only and
+     durable, with pre-trade risk on and, as the baseline, the very same
+     commands with the book's risk switched off.
 """
 
 from __future__ import annotations
@@ -526,6 +531,39 @@ def _print_profile(label: str, rows: list) -> None:
         print(f"     {tt:6.2f} s own {ct:6.2f} s cumulative  {name}")
 
 
+def risk_flow(work: Path, n: int, seed: int, batch_max: int, repeat: int, results: dict) -> None:
+    """Section 7: the same funded commands with risk on and off."""
+    from engine.core import Kind
+    src = SyntheticSource(n, seed, symbol="SYN", accounts=1000)
+    on = list(src.commands(Matcher(), None))
+    off = [c._replace(risk=False) if c[0] == Kind.ADD_SYMBOL.value else c for c in on]
+    print(f"\n7. accounts: {len(on):,} commands ({2 * 1000:,} deposits, then the mix over 1,000 accounts), "
+          f"median of {repeat}")
+    rows = {}
+    for label, cmds in (("risk off", off), ("risk on", on)):
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        t_match, m = _median_runs(lambda: matching_only(cmds), repeat)
+        gc.enable()
+
+        def timed_durable(cmds=cmds):
+            r = durable(cmds, work / "durable", batch_max)
+            return r["seconds"], r
+        d = _median_runs(timed_durable, repeat)[1]
+        assert d["hash"] == m.state_hash() and d["released"] == d["commands"]
+        rows[label] = (len(cmds) / t_match, d["commands"] / d["seconds"], m)
+        print(f"   {label:<9} matching {len(cmds) / t_match:>10,.0f} commands/s   durable "
+              f"{d['commands'] / d['seconds']:>10,.0f} commands/s (commit p50 {d['p50']:.2f} ms, p99 {d['p99']:.2f} ms)"
+              f"   {m.match_sequence:,} trades, ledger_seq {m.accounts.ledger_seq:,}")
+        del m
+    (m_off, d_off, _), (m_on, d_on, m) = rows["risk off"], rows["risk on"]
+    print(f"   risk on / risk off: matching {m_on / m_off:.2f}x, durable {d_on / d_off:.2f}x (aim: 0.8x)")
+    results.update(risk_off_matching_per_s=round(m_off), risk_on_matching_per_s=round(m_on),
+                   risk_off_durable_per_s=round(d_off), risk_on_durable_per_s=round(d_on),
+                   risk_on_matching_ratio=round(m_on / m_off, 2), risk_on_durable_ratio=round(d_on / d_off, 2))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="evengine benchmark")
     ap.add_argument("--commands", type=int, default=1_000_000)
@@ -533,8 +571,8 @@ def main() -> int:
     ap.add_argument("--dir", default=str(ROOT / "data" / "bench"))
     ap.add_argument("--batch-max", type=int, default=256)
     ap.add_argument("--skip-goog", action="store_true")
-    ap.add_argument("--only", choices=("all", "real"), default="all",
-                    help="real: only section 6 (the GOOG day and the Bitstamp capture)")
+    ap.add_argument("--only", choices=("all", "real", "risk"), default="all",
+                    help="real: only section 6 (the GOOG day and the Bitstamp capture); risk: only section 7")
     ap.add_argument("--repeat", type=int, default=3, help="runs per real-flow timing (the median is shown)")
     ap.add_argument("--no-profile", action="store_true", help="section 6 without its cProfile runs")
     args = ap.parse_args()
@@ -543,6 +581,10 @@ def main() -> int:
     results: dict = {"seed": args.seed, "commands": args.commands}
     if args.only == "real":
         real_flow(work, args.repeat, not args.no_profile, results)
+        print("\n" + json.dumps(results))
+        return 0
+    if args.only == "risk":
+        risk_flow(work, args.commands, args.seed, args.batch_max, args.repeat, results)
         print("\n" + json.dumps(results))
         return 0
     print(f"seed {args.seed}, {args.commands:,} commands (70% limit, 25% cancel, 5% marketable)")
@@ -638,6 +680,7 @@ def main() -> int:
     else:
         print("\n5. GOOG day: skipped (no ../shared/data/lobster or --skip-goog)")
     real_flow(work, args.repeat, not args.no_profile, results)
+    risk_flow(work, args.commands, args.seed, args.batch_max, args.repeat, results)
     print("\n" + json.dumps(results))
     shutil.rmtree(work / "durable", ignore_errors=True)
     return 0

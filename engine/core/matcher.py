@@ -288,15 +288,16 @@ class Matcher:
             asset = spec.base
             unit = spec.base_per_lot
             need = qty * unit
-        avail = acc.available(account, asset)
-        if avail < need:
+        b = acc.pair(account, asset)
+        if b is None or b[0] < need:
+            avail = 0 if b is None else b[0]
             return self._reject(seq, order_id, R.INSUFFICIENT_FUNDS,
                                 f"account {account} has {avail} {asset} available, the order needs {need}", out)
         if tif == _FOK and not (self._fillable_budget(book, qty, max_quote) if max_quote
                                 else book.fillable(side, limit, qty)):
             out.append(OrderCancelled(_CANCELLED, order_id, qty, _FOK_UNFILLED))
             return
-        acc.hold(out, seq, account, asset, need, order_id)
+        acc.hold_from(out, seq, account, asset, b, need, order_id)
         if max_quote:
             leaves, spent, exhausted = self._match_budget(seq, book, ts_ns, order_id, qty, max_quote, account,
                                                           out, True)
