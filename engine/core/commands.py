@@ -145,10 +145,12 @@ class PlaceOrder(NamedTuple):
     integer owner id carried onto trades for settlement.
 
     ``max_quote``: a budget in quote units (the asset's smallest unit),
-    fees included, that the order may spend; 0 means none. A market buy in a
-    book with risk on needs one (it is what the order holds); elsewhere a
-    buy with a budget stops filling when the next lot would exceed it (the
-    rest is cancelled, reason ``BUDGET_EXHAUSTED``). WAL format 2 had no
+    fees included, that a **market buy** may spend; 0 means none; any other
+    order with a budget is rejected (``INVALID_BUDGET``). A market buy in a
+    book with risk on needs one (it is what the order holds). It fills best
+    ask first while the rest of the budget covers one more lot at the level's
+    price (notional plus taker fee, rounded up); the leaves are then
+    cancelled, reason ``BUDGET_EXHAUSTED``. WAL format 2 had no
     ``max_quote`` (13 fields); :func:`upgrade_command` reads it as 0.
     """
 

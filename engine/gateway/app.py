@@ -4,20 +4,24 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 
 - ``POST /orders``, ``DELETE /orders/{symbol}/{order_id}``,
   ``PATCH /orders/{symbol}/{order_id}`` (amend), ``POST /symbols`` (admin: add
-  an order book): order entry through an :class:`~engine.gateway.entry.OrderEntry`.
-  Embedded: 200 once durable, 409/422 for a matcher reject (the reject is in
-  the WAL too). Kafka: 202 once the broker acknowledged. 422 for a body that
-  does not validate (nothing reaches the engine), 503 when the backend is
-  unavailable, 401 without the token when one is set.
+  an order book, optionally with its assets, sizes, fees and risk switch),
+  ``POST /assets`` (admin: add an asset), ``POST /deposits``,
+  ``POST /withdrawals``: order entry through an
+  :class:`~engine.gateway.entry.OrderEntry`. Embedded: 200 once durable,
+  409/422 for a matcher reject (the reject is in the WAL too). Kafka: 202
+  once the broker acknowledged. 422 for a body that does not validate
+  (nothing reaches the engine), 503 when the backend is unavailable, 401
+  without the token when one is set.
 - ``GET /books/{symbol}?depth=10``, ``GET /trades?symbol=&limit=100``,
-  ``GET /health``: reads of the engine ``view`` (an ``EngineRuntime``), never
-  ahead of the disk; 503 without a view.
+  ``GET /accounts/{account}``, ``GET /health``: reads of the engine ``view``
+  (an ``EngineRuntime``), never ahead of the disk; 503 without a view.
 - ``WS /ws/market-data?symbols=A,B``: trades and top-of-book changes
   (``engine/gateway/market_data.py``).
 
 Units: prices in price units (integer multiples of the book's ``tick_size``),
 quantities in lots, times in ns since the epoch, ``seq`` the WAL sequence
-number.
+number; money (``amount``, ``max_quote``, balances) integers in the asset's
+smallest unit, ``10**-scale`` (USD with scale 2: cents).
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from engine.core.types import MAX_ORDER_ID
+from engine.core.types import MAX_FEE_PPM, MAX_ORDER_ID
 
 from .entry import EntryUnavailable, OrderEntry, OrderIds
 from .market_data import MarketDataHub, trade_dict
 
-__all__ = ["create_app", "serve", "check_bind", "GatewayServer", "PlaceBody", "AmendBody", "SymbolBody"]
+__all__ = ["create_app", "serve", "check_bind", "GatewayServer", "PlaceBody", "AmendBody", "SymbolBody",
+           "AssetBody", "TransferBody"]
 
 log = logging.getLogger("evengine.gateway")
 
@@ -72,7 +77,15 @@ class PlaceBody(_Strict):
     qty: int = Field(ge=1, le=MAX_INT64, description="lots")
     post_only: bool = Field(False, validate_default=True,
                             description="rejected instead of taking liquidity; limit gtc orders only")
-    account: int = Field(0, ge=0, le=MAX_INT64, description="owner id carried onto trades")
+    account: int = Field(0, ge=0, le=MAX_INT64,
+                         description="owner id, carried onto trades; in a book with risk on, the account whose "
+                                     "available balance must cover the order (a buy holds qty x (price x "
+                                     "quote_per_tick + taker fee) quote units, a sell qty x base_per_lot base "
+                                     "units), else INSUFFICIENT_FUNDS")
+    max_quote: int = Field(0, ge=0, le=MAX_INT64,
+                           description="a market buy's budget in the quote asset's smallest units (10**-scale), "
+                                       "fees included; 0: none. Required (> 0) for a market buy in a book with "
+                                       "risk on; only a market buy takes one")
 
     @field_validator("tif")
     @classmethod
@@ -101,6 +114,13 @@ class PlaceBody(_Strict):
             raise ValueError("post_only needs a limit order with tif gtc")
         return v
 
+    @field_validator("max_quote")
+    @classmethod
+    def _max_quote(cls, v: int, info: ValidationInfo) -> int:
+        if v and (info.data.get("order_type") != "market" or info.data.get("side") != "buy"):
+            raise ValueError("only a market buy takes a budget (max_quote)")
+        return v
+
 
 class AmendBody(_Strict):
     """New price and new leaves quantity of a resting order. Same price and a
@@ -112,10 +132,83 @@ class AmendBody(_Strict):
 
 
 class SymbolBody(_Strict):
-    """A new order book."""
+    """A new order book. Everything but ``symbol`` is optional; the spec
+    fields say what one price unit and one lot are worth, for accounts and
+    risk (``engine.core.commands.AddSymbol``): a trade of ``qty`` lots at
+    ``price`` moves ``qty * base_per_lot`` base units one way and
+    ``price * qty * quote_per_tick`` quote units (plus fees) the other way,
+    amounts in the assets' smallest units (``10**-scale``). Without them the
+    book is one of market data: no assets, no fees, risk off."""
 
     symbol: str = Field(min_length=1, max_length=32)
     tick_size: int = Field(1, ge=1, le=MAX_INT64, description="smallest price step, price units")
+    base: Optional[str] = Field(None, min_length=1, max_length=16,
+                                description="the asset bought and sold (added with POST /assets first); "
+                                            "base and quote: both or neither")
+    quote: Optional[str] = Field(None, min_length=1, max_length=16, validate_default=True,
+                                 description="the asset prices are paid in (added with POST /assets first)")
+    quote_per_tick: int = Field(1, ge=1, le=MAX_INT64,
+                                description="quote units (10**-scale) one price unit of one lot is worth")
+    base_per_lot: int = Field(1, ge=1, le=MAX_INT64, description="base units (10**-scale) in one lot")
+    maker_fee_ppm: int = Field(0, ge=0, le=MAX_FEE_PPM,
+                               description="maker fee, parts per million of the notional, paid in the quote "
+                                           "asset, rounded up; <= taker_fee_ppm")
+    taker_fee_ppm: int = Field(0, ge=0, le=MAX_FEE_PPM, validate_default=True,
+                               description="taker fee, parts per million of the notional, paid in the quote "
+                                           "asset, rounded up")
+    risk: bool = Field(False, validate_default=True,
+                       description="pre-trade risk: every order must be covered by its account's available "
+                                   "balance and holds it while open; needs base and quote")
+    fee_account: int = Field(0, ge=0, le=MAX_INT64, description="the account credited with the fees")
+
+    @field_validator("quote")
+    @classmethod
+    def _quote(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        base = info.data.get("base")
+        if (v is None) != (base is None) and "base" in info.data:
+            raise ValueError("base and quote must both be asset names, or both be absent")
+        if v is not None and v == base:
+            raise ValueError("base and quote must be two different assets")
+        return v
+
+    @field_validator("taker_fee_ppm")
+    @classmethod
+    def _fees(cls, v: int, info: ValidationInfo) -> int:
+        maker = info.data.get("maker_fee_ppm")
+        if maker is not None and maker > v:
+            raise ValueError("maker_fee_ppm must not exceed taker_fee_ppm")
+        return v
+
+    @field_validator("risk")
+    @classmethod
+    def _risk(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and "quote" in info.data and info.data["quote"] is None:
+            raise ValueError("risk on needs base and quote assets")
+        return v
+
+
+class AssetBody(_Strict):
+    """A new asset: ``scale`` is its decimals. Amounts of the asset (deposits,
+    withdrawals, balances, budgets) are integers in its smallest unit,
+    ``10**-scale`` (USD with scale 2: cents; BTC with scale 8: satoshi)."""
+
+    asset: str = Field(min_length=1, max_length=16, description="the asset's name, e.g. USD")
+    scale: int = Field(ge=0, le=18, description="decimals: one unit of an amount is 10**-scale of the asset")
+
+
+class TransferBody(_Strict):
+    """A deposit or a withdrawal. ``transfer_id`` is the idempotency key:
+    sending it again with the same body answers with the first outcome
+    (``duplicate: true``) and changes nothing; the same id with another body
+    (deposits and withdrawals share one id space) is rejected,
+    ``TRANSFER_CONFLICT``."""
+
+    transfer_id: int = Field(ge=1, le=MAX_INT64, description="the client's idempotency key, 1..2**63-1")
+    account: int = Field(ge=0, le=MAX_INT64, description="the account, 0..2**63-1")
+    asset: str = Field(min_length=1, max_length=16, description="an asset added with POST /assets")
+    amount: int = Field(ge=1, le=MAX_INT64,
+                        description="the asset's smallest units (10**-scale), > 0; a withdrawal takes it from "
+                                    "the available balance (held funds are not withdrawable)")
 
 
 # ------------------------------------------------------------ answer models (docs)
@@ -131,7 +224,8 @@ class Fill(BaseModel):
 
 
 class Reject(BaseModel):
-    code: int = Field(description="RejectReason code: 1xx malformed field, 2xx state conflict, 3xx own instructions")
+    code: int = Field(description="RejectReason code: 1xx malformed field, 2xx state conflict, 3xx own "
+                                  "instructions, 4xx pre-trade risk (400 INSUFFICIENT_FUNDS)")
     reason: str = Field(description="RejectReason name")
     detail: str
 
@@ -150,14 +244,57 @@ class OrderAnswer(BaseModel):
     tick_size: Optional[int] = None
 
 
+class AssetAnswer(BaseModel):
+    seq: int = Field(description="the command's WAL sequence number")
+    durable_seq: int = Field(description="WAL watermark when answered")
+    asset: str
+    scale: int = Field(description="decimals: amounts of the asset are integers in units of 10**-scale")
+    status: Literal["added", "rejected"]
+    reject: Optional[Reject] = Field(description="e.g. ASSET_EXISTS (409)")
+
+
+class TransferAnswer(BaseModel):
+    seq: int = Field(description="the command's WAL sequence number")
+    durable_seq: int = Field(description="WAL watermark when answered")
+    type: Literal["deposit", "withdraw"]
+    transfer_id: int
+    account: int
+    asset: str
+    amount: int = Field(description="the asset's smallest units (10**-scale)")
+    status: Literal["applied", "rejected"]
+    duplicate: bool = Field(description="a repeat of transfer_id with the same body: nothing changed; status "
+                                        "and reject are those of the first outcome")
+    available: int = Field(description="the account's available balance in the asset right after this command, "
+                                       "smallest units (10**-scale)")
+    reject: Optional[Reject] = Field(description="INSUFFICIENT_FUNDS, UNKNOWN_ASSET, TRANSFER_CONFLICT (409); "
+                                                 "1xx codes (422)")
+
+
+class BalanceOut(BaseModel):
+    asset: str
+    scale: int = Field(description="the asset's decimals")
+    available: int = Field(description="free to order or withdraw, smallest units (10**-scale)")
+    held: int = Field(description="reserved by open orders, smallest units (10**-scale)")
+
+
+class AccountOut(BaseModel):
+    account: int
+    seq: int = Field(description="the balances are the state right after this WAL sequence number, which is "
+                                 "durable")
+    balances: list[BalanceOut] = Field(description="one per asset the account has a balance in, by asset name; "
+                                                   "empty for an account that never had one")
+
+
 class Queued(BaseModel):
     status: Literal["queued"]
     topic: str
     partition: int
     offset: int
     type: str
-    symbol: str
+    symbol: Optional[str] = Field(description="null for a transfer or an asset")
     order_id: Optional[int]
+    transfer_id: Optional[int] = Field(None, description="deposits and withdrawals")
+    asset: Optional[str] = Field(None, description="deposits, withdrawals and assets")
 
 
 class BookOut(BaseModel):
@@ -209,6 +346,22 @@ _ENTRY_RESPONSES: dict = {
     422: {"description": "invalid body, or rejected by the matcher for a malformed field (body as 200)"},
     503: {"model": ErrorOut, "description": "order entry unavailable (engine stopped, broker unreachable)"},
 }
+_ASSET_RESPONSES: dict = {
+    **_ENTRY_RESPONSES,
+    200: {"model": AssetAnswer, "description": "embedded engine: the asset exists, durably"},
+    409: {"model": AssetAnswer, "description": "rejected by the matcher: ASSET_EXISTS"},
+}
+_TRANSFER_RESPONSES: dict = {
+    **_ENTRY_RESPONSES,
+    200: {"model": TransferAnswer,
+          "description": "embedded engine: applied and durable, or a duplicate of an applied transfer "
+                         "(duplicate: true, nothing changed)"},
+    409: {"model": TransferAnswer,
+          "description": "rejected by the matcher (the reject is in the WAL): INSUFFICIENT_FUNDS, UNKNOWN_ASSET, "
+                         "TRANSFER_CONFLICT, or a duplicate of a transfer rejected so (duplicate: true)"},
+    422: {"description": "invalid body (nothing reaches the engine), or a matcher reject with a 1xx code "
+                         "(body as 409)"},
+}
 _READ_RESPONSES: dict = {503: {"model": ErrorOut, "description": "no engine view, or the engine failed or is busy"}}
 
 
@@ -250,9 +403,10 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
             await entry.stop()
 
     app = FastAPI(title="evengine order gateway", version="1",
-                  description="Order entry, order book reads and market data of an evengine matching engine. "
-                              "Prices in price units (integer multiples of the tick size), quantities in lots, "
-                              "times in ns since the epoch, seq the WAL sequence number.",
+                  description="Order entry, accounts, order book reads and market data of an evengine matching "
+                              "engine. Prices in price units (integer multiples of the tick size), quantities in "
+                              "lots, times in ns since the epoch, seq the WAL sequence number; money (amounts, "
+                              "budgets, balances) in integers of the asset's smallest unit, 10**-scale.",
                   lifespan=lifespan)
     app.state.entry = entry
     app.state.view = view
@@ -309,6 +463,8 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
                  "order_id": body.order_id if body.order_id is not None else ids.next(),
                  "side": body.side, "order_type": body.order_type, "tif": body.tif, "qty": body.qty,
                  "post_only": body.post_only, "account": body.account}
+        if body.max_quote:
+            order["max_quote"] = body.max_quote
         if body.order_type == "limit":
             order["price"] = body.price
         return await submit(order)
@@ -329,7 +485,34 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
     @app.post("/symbols", tags=["admin"], dependencies=auth, responses=_ENTRY_RESPONSES,
               summary="Add an order book")
     async def add_symbol(body: SymbolBody) -> JSONResponse:
-        return await submit({"type": "add_symbol", "symbol": body.symbol, "tick_size": body.tick_size})
+        """A new order book; with ``base``/``quote`` its trades settle between
+        accounts, with ``risk`` its orders must be funded. An unknown asset
+        is a matcher reject, ``UNKNOWN_ASSET`` (409)."""
+        return await submit({"type": "add_symbol", "symbol": body.symbol, "tick_size": body.tick_size,
+                             **body.model_dump(exclude_defaults=True)})
+
+    @app.post("/assets", tags=["admin"], dependencies=auth, responses=_ASSET_RESPONSES,
+              summary="Add an asset")
+    async def add_asset(body: AssetBody) -> JSONResponse:
+        """A new asset, needed before deposits of it and books that trade it.
+        ``scale`` fixes its smallest unit, ``10**-scale``, for good."""
+        return await submit({"type": "add_asset", "asset": body.asset, "scale": body.scale})
+
+    @app.post("/deposits", tags=["accounts"], dependencies=auth, responses=_TRANSFER_RESPONSES,
+              summary="Credit an account")
+    async def deposit(body: TransferBody) -> JSONResponse:
+        """Credit ``amount`` (the asset's smallest units, ``10**-scale``) to the
+        account's available balance. Idempotent by ``transfer_id``."""
+        return await submit({"type": "deposit", **body.model_dump()})
+
+    @app.post("/withdrawals", tags=["accounts"], dependencies=auth, responses=_TRANSFER_RESPONSES,
+              summary="Debit an account")
+    async def withdraw(body: TransferBody) -> JSONResponse:
+        """Debit ``amount`` (the asset's smallest units, ``10**-scale``) from the
+        account's *available* balance; ``INSUFFICIENT_FUNDS`` (409, nothing
+        changed) when it is short. Idempotent by ``transfer_id``, one id
+        space with deposits."""
+        return await submit({"type": "withdraw", **body.model_dump()})
 
     @app.get("/books/{symbol}", tags=["reads"], response_model=BookOut,
              responses={404: {"model": ErrorOut, "description": "no order book for the symbol"},
@@ -353,6 +536,24 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
         if symbol is not None and symbol not in matcher.books:
             raise HTTPException(404, f"no order book for {symbol!r}")
         return {"seq": matcher.last_seq, "trades": recent_trades(matcher.trades, symbol, limit)}
+
+    @app.get("/accounts/{account}", tags=["reads", "accounts"], response_model=AccountOut,
+             responses=_READ_RESPONSES, summary="An account's balances, per asset")
+    async def get_account(account: int = Path(ge=0, le=MAX_INT64)) -> dict:
+        """Available and held balance per asset, in the asset's smallest unit
+        (``10**-scale``), from the durable state (as ``GET /books``).
+
+        An account needs no creation: it exists once it has a balance. So an
+        account that never had one answers 200 with an empty ``balances``
+        list, not 404 (which ``GET /books`` gives for a symbol no
+        ``POST /symbols`` added): an empty account is a valid state, not a
+        missing resource."""
+        matcher = await at_durable()
+        accounts = matcher.accounts
+        per = accounts.balances.get(account, {})
+        return {"account": account, "seq": matcher.last_seq,
+                "balances": [{"asset": asset, "scale": accounts.assets.get(asset), "available": b[0], "held": b[1]}
+                             for asset, b in sorted(per.items())]}
 
     @app.get("/health", tags=["reads"], response_model=HealthOut, responses=_READ_RESPONSES,
              summary="Engine sequence numbers")

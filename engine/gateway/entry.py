@@ -1,10 +1,11 @@
 """Order entry backends of the HTTP gateway: one interface, two ways in.
 
 Both take an order in the ``orders`` message format of ``engine/io/MESSAGES.md``
-(a dict with ``type`` = ``place`` / ``cancel`` / ``amend`` / ``add_symbol`` and
-the fields of that table, value names ``"buy"``/``"sell"``, ``"limit"``/
-``"market"``, ``"gtc"``/``"ioc"``/``"fok"``) and give back an
-:class:`EntryAnswer` (an HTTP status and a JSON body):
+(a dict with ``type`` = ``place`` / ``cancel`` / ``amend`` / ``add_symbol`` /
+``add_asset`` / ``deposit`` / ``withdraw`` and the fields of that table, value
+names ``"buy"``/``"sell"``, ``"limit"``/``"market"``, ``"gtc"``/``"ioc"``/
+``"fok"``) and give back an :class:`EntryAnswer` (an HTTP status and a JSON
+body):
 
 - :class:`EmbeddedEntry` matches the order in this process: it builds the
   command and ``await``s :meth:`EngineRuntime.execute`, so it answers only
@@ -14,7 +15,9 @@ the fields of that table, value names ``"buy"``/``"sell"``, ``"limit"``/
   (``acks="all"``, idempotent producer): 202, ``"queued"``.
 
 Units as everywhere in evengine: prices in price units (integer multiples of
-the book's ``tick_size``), quantities in lots, times in ns since the epoch.
+the book's ``tick_size``), quantities in lots, times in ns since the epoch;
+money amounts (``amount``, ``max_quote``, balances) integers in the asset's
+smallest unit, ``10**-scale``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from engine.io import messages
 from engine.io.messages import encode_order
 
 __all__ = ["OrderEntry", "EmbeddedEntry", "KafkaEntry", "EntryAnswer", "EntryUnavailable", "OrderIds",
-           "command_from_order", "answer_from_result", "reject_status"]
+           "command_from_order", "answer_from_result", "answer_from_asset", "answer_from_transfer",
+           "TransferBefore", "reject_status"]
 
 log = logging.getLogger("evengine.gateway")
 
@@ -41,6 +45,8 @@ _RESTED = Kind.RESTED.value
 _CANCELLED = Kind.CANCELLED.value
 _AMENDED = Kind.AMENDED.value
 _SYMBOL_ADDED = Kind.SYMBOL_ADDED.value
+_TRANSFER_DONE = Kind.TRANSFER_DONE.value
+_TRANSFER_TYPES = frozenset({"deposit", "withdraw"})
 
 
 class EntryAnswer(NamedTuple):
@@ -90,14 +96,24 @@ def command_from_order(order: dict, ts_ns: int) -> Command:
 
 def reject_status(code: int) -> int:
     """HTTP status of a matcher reject: 422 for a malformed field (1xx codes),
-    409 for a conflict with the engine's state or the order's own
-    instructions (2xx, 3xx: unknown symbol, duplicate order id, unknown
-    order, post-only would take)."""
+    409 for a conflict with the engine's state, the order's own instructions
+    or pre-trade risk (2xx, 3xx, 4xx: unknown symbol or asset, duplicate
+    order id, unknown order, transfer id used for another transfer,
+    post-only would take, insufficient funds)."""
     return 422 if 100 <= code < 200 else 409
 
 
+def _reject_dict(ev: Any) -> dict:
+    """``{"code", "reason", "detail"}`` of an ``OrderRejected``."""
+    try:
+        name = RejectReason(ev.reason).name
+    except ValueError:
+        name = str(ev.reason)
+    return {"code": ev.reason, "reason": name, "detail": ev.detail}
+
+
 def answer_from_result(order: dict, seq: int, durable_seq: int, events: list) -> EntryAnswer:
-    """The HTTP answer for a command that is durable.
+    """The HTTP answer for a place, cancel, amend or add-symbol that is durable.
 
     Body::
 
@@ -133,11 +149,7 @@ def answer_from_result(order: dict, seq: int, durable_seq: int, events: list) ->
                           "maker_order_id": ev.maker_order_id, "symbol_seq": ev.symbol_seq})
             filled += ev.qty
         elif ek == _REJECTED:
-            try:
-                name = RejectReason(ev.reason).name
-            except ValueError:
-                name = str(ev.reason)
-            reject = {"code": ev.reason, "reason": name, "detail": ev.detail}
+            reject = _reject_dict(ev)
         elif ek == _RESTED:
             rested = True
             leaves = ev.leaves_qty
@@ -170,6 +182,84 @@ def answer_from_result(order: dict, seq: int, durable_seq: int, events: list) ->
     return EntryAnswer(200 if reject is None else reject_status(reject["code"]), body)
 
 
+def answer_from_asset(order: dict, seq: int, durable_seq: int, events: list) -> EntryAnswer:
+    """The HTTP answer for an ``add_asset`` that is durable.
+
+    Body::
+
+        {"seq": int, "durable_seq": int,
+         "asset": str, "scale": int,   # amounts of the asset are integers in units of 10**-scale
+         "status": "added" | "rejected",
+         "reject": {"code": int, "reason": RejectReason name, "detail": str} | None}
+
+    Status code 200, or :func:`reject_status` for a reject (``ASSET_EXISTS``: 409).
+    """
+    reject = next((_reject_dict(ev) for ev in events if ev[0] == _REJECTED), None)
+    body = {"seq": seq, "durable_seq": durable_seq, "asset": order.get("asset"), "scale": order.get("scale"),
+            "status": "added" if reject is None else "rejected", "reject": reject}
+    return EntryAnswer(200 if reject is None else reject_status(reject["code"]), body)
+
+
+class TransferBefore(NamedTuple):
+    """What the matcher knew of a transfer right before it applied it (read
+    on the loop with no ``await`` in between, so nothing else came first).
+
+    ``repeat``: ``transfer_id`` was already used for this same body (kind,
+    account, asset, amount): the matcher answers with the first outcome.
+    ``available``: the account's available balance in the asset; a rejected
+    transfer leaves it as it is.
+    """
+
+    repeat: bool
+    available: int
+
+
+def answer_from_transfer(order: dict, seq: int, durable_seq: int, events: list,
+                         before: TransferBefore) -> EntryAnswer:
+    """The HTTP answer for a deposit or withdrawal that is durable.
+
+    Body::
+
+        {"seq": int, "durable_seq": int,
+         "type": "deposit" | "withdraw",
+         "transfer_id": int, "account": int, "asset": str,
+         "amount": int,            # the asset's smallest units (10**-scale)
+         "status": "applied" | "rejected",
+         "duplicate": bool,        # a repeat of transfer_id with the same body: nothing changed,
+                                   # status and reject are the first outcome's
+         "available": int,         # the account's available balance in the asset right after
+                                   # this command (smallest units)
+         "reject": {"code": int, "reason": RejectReason name, "detail": str} | None}
+
+    ``duplicate`` of an applied transfer comes from the matcher's
+    ``TransferDone.duplicate``; a repeat of a *rejected* one is answered by
+    the matcher with the first reject again (same code, detail prefixed
+    ``repeat of transfer``) and no flag, so it is ``before.repeat``. The
+    same id with another body is not a duplicate: ``TRANSFER_CONFLICT``.
+
+    Status code 200 for an applied transfer (a duplicate too), else
+    :func:`reject_status`: 409 for ``INSUFFICIENT_FUNDS``, ``UNKNOWN_ASSET``,
+    ``TRANSFER_CONFLICT``; 422 for a 1xx code. A duplicate gets the status
+    of the first outcome.
+    """
+    reject = None
+    duplicate = False
+    available = before.available
+    for ev in events:
+        ek = ev[0]
+        if ek == _TRANSFER_DONE:
+            duplicate = bool(ev.duplicate)
+            available = ev.available
+        elif ek == _REJECTED:
+            reject = _reject_dict(ev)
+            duplicate = before.repeat
+    body = {"seq": seq, "durable_seq": durable_seq, "type": order["type"], "transfer_id": order.get("transfer_id"),
+            "account": order.get("account"), "asset": order.get("asset"), "amount": order.get("amount"),
+            "status": "applied" if reject is None else "rejected", "duplicate": duplicate,
+            "available": available, "reject": reject}
+    return EntryAnswer(200 if reject is None else reject_status(reject["code"]), body)
+
+
 class OrderEntry(ABC):
     """Where the gateway sends orders. ``name``: ``"embedded"`` or ``"kafka"``."""
 
@@ -196,8 +286,10 @@ class OrderEntry(ABC):
 
 class EmbeddedEntry(OrderEntry):
     """Orders matched in this process by an :class:`EngineRuntime`, answered
-    after the fsync (:func:`answer_from_result`). The runtime's lifecycle is
-    the caller's: :meth:`start` and :meth:`stop` do nothing.
+    after the fsync (:func:`answer_from_result`; :func:`answer_from_asset`
+    for ``add_asset``, :func:`answer_from_transfer` for ``deposit`` and
+    ``withdraw``). The runtime's lifecycle is the caller's: :meth:`start`
+    and :meth:`stop` do nothing.
 
     Args:
         runtime: a started ``engine.service.runtime.EngineRuntime``.
@@ -210,11 +302,27 @@ class EmbeddedEntry(OrderEntry):
 
     async def submit(self, order: dict) -> EntryAnswer:
         cmd = command_from_order(order, time.time_ns())
+        kind = order["type"]
+        # Read right before execute() applies the command: it does so before
+        # its first await, so no other command comes in between.
+        before = self._transfer_before(cmd) if kind in _TRANSFER_TYPES else None
         try:
             result = await self.runtime.execute(cmd)
         except RuntimeError as exc:   # the engine stopped or failed before the command was durable
             raise EntryUnavailable(str(exc)) from None
+        if before is not None:
+            return answer_from_transfer(order, result.seq, result.durable_seq, result.events, before)
+        if kind == "add_asset":
+            return answer_from_asset(order, result.seq, result.durable_seq, result.events)
         return answer_from_result(order, result.seq, result.durable_seq, result.events)
+
+    def _transfer_before(self, cmd: Any) -> TransferBefore:
+        accounts = self.runtime.engine.matcher.accounts
+        first = accounts.transfers.get(cmd.transfer_id)
+        repeat = first is not None and first[:4] == (cmd.kind, cmd.account, cmd.asset, cmd.amount)
+        per = accounts.balances.get(cmd.account)       # read only: Accounts.balance() would add a zero pair
+        pair = per.get(cmd.asset) if per is not None else None
+        return TransferBefore(repeat, pair[0] if pair is not None else 0)
 
 
 def _describe(exc: BaseException) -> str:
@@ -231,11 +339,22 @@ class KafkaEntry(OrderEntry):
     partition. No ``ts_ns`` is sent: the engine stamps the record's Kafka
     timestamp.
 
+    The commands without a symbol are keyed by what they are about: a
+    deposit or withdrawal by its account (decimal UTF-8, as the ``ledger``
+    topic), an ``add_asset`` by the asset. Kafka orders records only within
+    a partition, so on a topic of more than one partition a deposit is not
+    ordered before the orders it funds (nor an asset before the book that
+    uses it): send those through one partition, or wait for the balance
+    (``GET /accounts/{account}``) before ordering.
+
     An idempotent producer with ``acks="all"``: an answer means every in-sync
     replica has the record. :meth:`submit` answers 202::
 
         {"status": "queued", "topic": str, "partition": int, "offset": int,
-         "type": str, "symbol": str, "order_id": int | None}
+         "type": str, "symbol": str | None, "order_id": int | None}
+
+    plus ``"transfer_id"`` for a deposit or withdrawal and ``"asset"`` for
+    those and an ``add_asset``.
 
     The producer connects in :meth:`start`, or on the first order if that
     failed (the gateway keeps serving; orders answer 503 until the broker is
@@ -294,7 +413,7 @@ class KafkaEntry(OrderEntry):
         from aiokafka.errors import KafkaError
         try:
             meta = await asyncio.wait_for(
-                producer.send_and_wait(self.topic, encode_order(order), key=order["symbol"].encode("utf-8")),
+                producer.send_and_wait(self.topic, encode_order(order), key=_kafka_key(order)),
                 self.request_timeout_ms / 1000 + 1)
         except asyncio.TimeoutError:
             raise EntryUnavailable(f"Kafka broker at {self.bootstrap} did not acknowledge the order within "
@@ -302,6 +421,21 @@ class KafkaEntry(OrderEntry):
         except KafkaError as exc:
             raise EntryUnavailable(f"Kafka broker at {self.bootstrap} refused or lost the order: "
                                    f"{_describe(exc)}") from None
-        return EntryAnswer(202, {"status": "queued", "topic": meta.topic, "partition": meta.partition,
-                                 "offset": meta.offset, "type": order["type"], "symbol": order["symbol"],
-                                 "order_id": order.get("order_id")})
+        body = {"status": "queued", "topic": meta.topic, "partition": meta.partition, "offset": meta.offset,
+                "type": order["type"], "symbol": order.get("symbol"), "order_id": order.get("order_id")}
+        if order["type"] in _TRANSFER_TYPES:
+            body["transfer_id"] = order["transfer_id"]
+        if "asset" in order:
+            body["asset"] = order["asset"]
+        return EntryAnswer(202, body)
+
+
+def _kafka_key(order: dict) -> bytes:
+    """The ``orders`` record key: the symbol; a transfer's account (decimal);
+    an ``add_asset``'s asset. UTF-8."""
+    symbol = order.get("symbol")
+    if symbol is not None:
+        return symbol.encode("utf-8")
+    if order["type"] in _TRANSFER_TYPES:
+        return str(order["account"]).encode("utf-8")
+    return order["asset"].encode("utf-8")
