@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
-from engine.core import Matcher, Trade, decode_payload
+from engine.core import Kind, Matcher, Trade, decode_payload
 from eventstore import WalReader
 
 from .keyframes import Stats, Timeline
@@ -190,6 +190,26 @@ class History:
                 yield seq, obj, source[0], source[1]
             elif obj[0] < 64:            # a command: trades follow right after it
                 cmd_seq, source = seq, (obj[-2], obj[-1])
+
+    def balance_changes(self, from_cmd_seq: int = 1, to_seq: Optional[int] = None
+                        ) -> Iterator[tuple[int, int, Any]]:
+        """``(cmd_seq, ts_ns, change)`` for every ``BalanceChanged`` the
+        commands from ``from_cmd_seq`` to ``to_seq`` cause, in ``ledger_seq``
+        order; ``ts_ns`` is the command's. The ledger is not logged: this
+        replays the commands from the state right before ``from_cmd_seq``.
+        For the Kafka ``ledger`` records (``engine.io.messages.ledger_message``).
+
+        Raises:
+            ValueError: ``from_cmd_seq`` beyond the WAL's last event.
+        """
+        replay = self.matcher_at(max(from_cmd_seq - 1, 0))
+        balance = Kind.BALANCE_CHANGED.value
+        for seq, obj in self.events(replay.last_seq + 1, to_seq):
+            if obj[0] >= 64:
+                continue                 # logged events: replay derives them again
+            for ev in replay.apply(seq, obj):
+                if ev[0] == balance:
+                    yield seq, obj[1], ev
 
     # ------------------------------------------------------ pandas DataFrames
     def book(self, seq: int, symbol: str, depth: Optional[int] = None, level: str = "L2") -> Any:

@@ -375,15 +375,10 @@ class KafkaBridge:
         n_ledger = 0
         ledger = self.ledger
         if matcher.accounts.ledger_seq > ledger.published_id:
-            start = ledger.published_cmd_seq
-            replay = history.matcher_at(start - 1)
-            for seq, obj in history.events(start, matcher.last_seq):
-                if obj[0] >= 64:
-                    continue                 # logged events: replay derives them again
-                for ev in replay.apply(seq, obj):
-                    if ev[0] == _BALANCE and ev[1] > ledger.published_id:
-                        ledger.add(ev[1], seq, str(ev[3]).encode(), encode_ledger(ev, obj[1]))
-                        n_ledger += 1
+            for seq, ts_ns, ev in history.balance_changes(ledger.published_cmd_seq, matcher.last_seq):
+                if ev[1] > ledger.published_id:
+                    ledger.add(ev[1], seq, str(ev[3]).encode(), encode_ledger(ev, ts_ns))
+                    n_ledger += 1
         return n_trades, n_ledger
 
     def _save_watermark(self) -> None:
