@@ -550,6 +550,11 @@ from engine.consumers.cli import trades_consumer  # noqa: E402 - its own module,
 
 app.command("trades-consumer")(trades_consumer)
 
+from engine.consumers.settle_cli import settle, settlement_app  # noqa: E402 - its own module, registered here
+
+app.command("settle")(settle)
+app.add_typer(settlement_app, name="settlement")
+
 
 def main() -> None:
     app()

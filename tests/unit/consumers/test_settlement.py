@@ -208,3 +208,24 @@ def test_malformed_records_are_skipped_and_their_offsets_pass(tmp_path, run, cap
     assert store.positions[("ledger", 0)] == 10_000_001 and store.positions[("trades", 1)] == 10_000_001
     assert "offset 10000000" in caplog.text
     assert_settled(store, d, trades)
+
+
+def test_verify_recomputes_every_balance_from_the_wal(tmp_path, run):
+    from engine.consumers.settlement import verify
+    d, ledger, trades = run
+    store = open_store(tmp_path)
+    store.apply(ledger[:1500])
+    lagging = verify(store.db, str(d))
+    assert lagging["differences"] == [] and lagging["ledger_lag"] == len(ledger) - 1500
+    assert lagging["trades_lag"] == len(trades)
+    store.apply(ledger[1500:] + trades)
+    report = verify(store.db, str(d))
+    assert (report["differences"], report["ledger_lag"], report["trades_lag"]) == ([], 0, 0)
+    assert set(report["posting_sums"].values()) == {0} and report["supply_differences"] == {}
+    account, asset = store.db.query("SELECT account, asset FROM balances WHERE available > 0 LIMIT 1")[0]
+    with store.db.transaction():
+        store.db.execute("UPDATE balances SET available = available - 1 WHERE account = ? AND asset = ?",
+                         (account, asset))
+    (diff,) = verify(store.db, str(d))["differences"]
+    assert (diff["account"], diff["asset"]) == (account, asset)
+    assert diff["settled"][0] == diff["engine"][0] - 1
