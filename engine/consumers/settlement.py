@@ -44,11 +44,12 @@ Kafka's "exactly-once via storing offsets with the output" pattern
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, NamedTuple, Optional
+
+import orjson
 
 from engine.io.messages import decode_ledger, decode_trade, ledger_message, trade_message
 
@@ -138,7 +139,6 @@ CREATE TABLE IF NOT EXISTS gaps (
     how         TEXT,
     PRIMARY KEY (stream, first_id)
 );
-CREATE INDEX IF NOT EXISTS postings_by_ref ON postings (reason, ref);
 CREATE INDEX IF NOT EXISTS postings_by_cmd ON postings (cmd_seq)
 """
 
@@ -191,8 +191,9 @@ class SettleCounts:
 
 def digest_of(message: dict) -> str:
     """SHA-256 (hex, 32 chars) of ``message`` as canonical JSON (sorted keys,
-    no spaces): the same message from Kafka or from the WAL digests alike."""
-    return hashlib.sha256(json.dumps(message, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+    no spaces, orjson): the same message from Kafka or from the WAL digests
+    alike, whatever the key order or spacing of the record."""
+    return hashlib.sha256(orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 class _Partition:
@@ -385,7 +386,8 @@ class _Plan:
                 self.pending_ledger[n] = (rec, msg, digest)
         pending = self.pending_ledger
         order = sorted(pending)
-        i = 0
+        i = applied = 0
+        gaps = self.s.open_gaps or self.gaps_found
         while i < len(order):
             first = order[i]
             if first != self.ledger_seq + 1:
@@ -396,9 +398,12 @@ class _Plan:
                 continue
             _rec, msg, digest = pending.pop(first)
             self._entry(msg, digest)
-            counts.ledger_applied += 1
-            self._close_gap_at("ledger", first)
+            applied += 1
+            if gaps:
+                self._close_gap_at("ledger", first)
+            gaps = self.s.open_gaps or self.gaps_found
             i += 1
+        counts.ledger_applied += applied
 
     def _ledger_gap(self, a: int, b: int, counts: SettleCounts) -> bool:
         """Fill ledger_seq ``a..b`` from the WAL if possible; record the gap

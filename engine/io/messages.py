@@ -296,7 +296,7 @@ def decode_trade(value: bytes) -> dict:
         ValueError: not a trade message (not JSON, or ``match_id``/``symbol``/
             ``symbol_seq`` missing or of the wrong type).
     """
-    obj = json.loads(value)
+    obj = orjson.loads(value)
     if not (isinstance(obj, dict) and type(obj.get("match_id")) is int and isinstance(obj.get("symbol"), str)
             and type(obj.get("symbol_seq")) is int):
         raise ValueError("not a trade message: needs integer match_id and symbol_seq and a string symbol")
@@ -304,6 +304,7 @@ def decode_trade(value: bytes) -> dict:
 
 
 LEDGER_REASONS = {r.value: r.name.lower() for r in LedgerReason}
+_LEDGER_REASON_NAMES = frozenset(LEDGER_REASONS.values())
 
 
 def ledger_message(change: Any, ts_ns: int) -> dict:
@@ -329,10 +330,12 @@ def decode_ledger(value: bytes) -> dict:
             ``account``, the deltas and balances not integers, ``asset`` not
             a string, ``reason`` not a known name).
     """
-    obj = json.loads(value)
-    if not (isinstance(obj, dict) and all(type(obj.get(k)) is int for k in (
-            "ledger_seq", "cmd_seq", "account", "available_delta", "held_delta", "available", "held", "ref"))
-            and isinstance(obj.get("asset"), str) and obj.get("reason") in LEDGER_REASONS.values()):
+    obj = orjson.loads(value)
+    if not (isinstance(obj, dict) and type(obj.get("ledger_seq")) is int and type(obj.get("cmd_seq")) is int
+            and type(obj.get("account")) is int and type(obj.get("available_delta")) is int
+            and type(obj.get("held_delta")) is int and type(obj.get("available")) is int
+            and type(obj.get("held")) is int and type(obj.get("ref")) is int
+            and type(obj.get("asset")) is str and obj.get("reason") in _LEDGER_REASON_NAMES):
         raise ValueError("not a ledger message: needs integer ledger_seq, cmd_seq, account, deltas, balances "
                          "and ref, a string asset and a known reason")
     return obj
