@@ -47,12 +47,13 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, NamedTuple, Optional
+from typing import Any, Iterable, Optional
 
 import orjson
 
 from engine.io.messages import decode_ledger, decode_trade, ledger_message, trade_message
 
+from .kafka_loop import Record, StoreError
 from .sql import Database
 
 __all__ = ["SettlementStore", "SettleCounts", "verify", "Record", "ConflictError", "LedgerMismatchError",
@@ -148,7 +149,7 @@ TRADE_COLUMNS = ("match_id", "symbol", "symbol_seq", "seq", "cmd_seq", "ts_ns", 
                  "maker_order_id", "taker_order_id", "maker_account", "taker_account", "digest")
 
 
-class SettlementError(Exception):
+class SettlementError(StoreError):
     """The streams contradict the book of record: the service stops, the
     batch is rolled back, nothing of it is applied."""
 
@@ -161,15 +162,6 @@ class ConflictError(SettlementError):
 class LedgerMismatchError(SettlementError):
     """A ledger entry whose running balances are not the stored balance plus
     its deltas, or a command whose postings do not sum to zero."""
-
-
-class Record(NamedTuple):
-    """One Kafka record as the store sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: Optional[bytes]
 
 
 @dataclass
@@ -314,6 +306,10 @@ class SettlementStore:
         plan.commit_to_memory()
         counts.held = len(self.pending_ledger) + sum(len(p) for p in self.pending_trades.values())
         return counts
+
+    def waiting(self) -> bool:
+        """Whether records are held behind a gap (the loop retries them)."""
+        return bool(self.pending_ledger or self.pending_trades)
 
     # ------------------------------------------------------------ queries
     def history(self) -> Any:
