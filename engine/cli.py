@@ -111,6 +111,7 @@ def start(
     price_decimals: Optional[int] = typer.Option(None, "--price-decimals", help="Bitstamp source: the price unit is 10^-N USD (default: the most decimals in the file)."),
     size_decimals: Optional[int] = typer.Option(None, "--size-decimals", help="Bitstamp source: a lot is 10^-N of the file's volume unit (default: the most decimals in the file)."),
     accounts: int = typer.Option(0, "--accounts", min=0, help="Synthetic source: fund K accounts and turn pre-trade risk on."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="This engine's shard id (1..32 of A-Z a-z 0-9 . _ -), named in every trade and ledger record it publishes; kept in the data directory from the first start (default: what it says, else 0)."),
 ) -> None:
     """Recover, then run the engine: on a file source to its end (exit 0 with
     a summary), or, with --kafka and/or --http, as a service until stopped.
@@ -128,7 +129,7 @@ def start(
                        ledger_topic=ledger_topic, group=group,
                        partitions=partitions, http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
                        snapshot_retain=snapshot_retain, segment_size_mb=segment_size_mb,
-                       print_trades=print_trades, json_summary=json_summary, pin_cpus=bool(pin_cpus))
+                       print_trades=print_trades, json_summary=json_summary, pin_cpus=bool(pin_cpus), shard=shard)
         return
     if source is None:
         _fail("nothing to run: give --source FILE, --kafka BOOTSTRAP or --http HOST:PORT", 2)
@@ -140,11 +141,11 @@ def start(
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
                        batch_max=batch_max, batch_linger_ms=batch_linger_ms, bulk_linger_ms=bulk_linger_ms,
                        segment_size_bytes=int(segment_size_mb * (1 << 20)),
-                       pin_cpus=True if pin_cpus is None else pin_cpus)
+                       pin_cpus=True if pin_cpus is None else pin_cpus, shard=shard)
     engine = Engine(cfg)
     try:
         engine.open()
-    except (EngineLockedError, EventStoreError, RecoveryError) as exc:
+    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
         _fail(f"{exc}")
     engine.install_signal_handlers()
     if print_trades:
@@ -209,7 +210,7 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                    partitions: Optional[str],
                    http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
                    snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool,
-                   pin_cpus: bool) -> None:
+                   pin_cpus: bool, shard: Optional[str] = None) -> None:
     """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
     import asyncio
     from engine.service import Engine, EngineConfig, EngineLockedError
@@ -233,11 +234,11 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                            partitions=parts)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
                        segment_size_bytes=int(segment_size_mb * (1 << 20)),
-                       pin_cpus=bool(pin_cpus))
+                       pin_cpus=bool(pin_cpus), shard=shard)
     engine = Engine(cfg)
     try:
         engine.open()
-    except (EngineLockedError, EventStoreError, RecoveryError) as exc:
+    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
         _fail(f"{exc}")
 
     def ready(info: dict) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 import msgpack
 
 from engine.core import LOGGED_KINDS, BadInput, Command, Kind, Matcher
+from engine.io.shard import DEFAULT_SHARD, claim_shard
 from eventstore import WalWriter
 from recovery import Recovery, recover, snapshot_dir, wal_dir
 from snapshot import SnapshotJob, SnapshotWriter
@@ -63,7 +64,8 @@ class EngineConfig:
     """Settings of one engine.
 
     Attributes:
-        data_dir: holds ``wal/``, ``snapshots/``, ``control.sock``, ``engine.lock``.
+        data_dir: holds ``wal/``, ``snapshots/``, ``control.sock``, ``engine.lock``
+            (and ``shard.json`` once a shard id is given).
         snapshot_every: take a snapshot every this many WAL events (0: never
             on a schedule; ``evengine snapshot --now`` still works).
         snapshot_retain: snapshots kept.
@@ -96,6 +98,9 @@ class EngineConfig:
             pinned to (when there are two or more), so the syncer never waits
             behind it for a CPU: p99 commit latency 12-16 ms -> 5-6 ms on this
             2-core machine kind. Snapshot children may use every CPU.
+        shard: this engine's shard id (``engine.io.shard``): written to the data
+            directory the first time, checked against it later; ``None``:
+            whatever the directory says (``"0"`` when nothing).
         pause_cyclic_gc: while the engine is open, freeze what recovery built
             and switch off the cyclic garbage collector. Its full collections
             walk every resting order and stalled the loop 20-70 ms at 100,000
@@ -116,6 +121,7 @@ class EngineConfig:
     control_socket: bool = True
     pin_cpus: bool = True
     pause_cyclic_gc: bool = True
+    shard: Optional[str] = None
 
 
 @dataclass
@@ -163,6 +169,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        self.shard: str = config.shard or DEFAULT_SHARD   # what the data directory says, once open
         self.matcher: Optional[Matcher] = None
         self.wal: Optional[WalWriter] = None
         self.snapshots: Optional[SnapshotWriter] = None
@@ -208,6 +215,7 @@ class Engine:
         t0 = time.perf_counter()
         rec = self.recovery = recover(cfg.data_dir, trade_history=cfg.trade_history)
         self.matcher = rec.matcher
+        self.shard = claim_shard(cfg.data_dir, cfg.shard)
         log.info("recovered to seq %d in %.3f s: snapshot %s, %d WAL events replayed, %d logged events checked%s",
                  rec.matcher.last_seq, time.perf_counter() - t0,
                  rec.snapshot.seq if rec.snapshot else "none", rec.replayed_events, rec.trades_checked,

@@ -342,14 +342,15 @@ class KafkaBridge:
         """Output-gate sink: the command and everything it caused are durable."""
         k = 0          # logged events (trades, a reject) take the seqs after the command
         ledger = False
+        shard = self.rt.engine.shard
         for ev in events:
             kind = ev[0]
             if kind == _TRADE:
                 k += 1
-                self.trades.add(ev[1], seq, ev[3].encode(), encode_trade(seq + k, ev, cmd[-2], cmd[-1]))
+                self.trades.add(ev[1], seq, ev[3].encode(), encode_trade(seq + k, ev, cmd[-2], cmd[-1], shard))
             elif kind == _BALANCE:
                 ledger = True
-                self.ledger.add(ev[1], seq, str(ev[3]).encode(), encode_ledger(ev, cmd[1]))
+                self.ledger.add(ev[1], seq, str(ev[3]).encode(), encode_ledger(ev, cmd[1], shard))
             elif kind == _REJECTED:
                 k += 1
         if k:
@@ -365,19 +366,20 @@ class KafkaBridge:
         the last change acknowledged."""
         from recovery.time_travel import open_data_dir
         matcher = self.rt.engine.matcher
+        shard = self.rt.engine.shard
         history = open_data_dir(self.data_dir)
         n_trades = 0
         trades = self.trades
         for seq, trade, source, pos in history.trades_with_input(trades.published_cmd_seq, matcher.last_seq):
             if trade.match_id > trades.published_id:
-                trades.add(trade.match_id, trade.cmd_seq, trade.symbol.encode(), encode_trade(seq, trade, source, pos))
+                trades.add(trade.match_id, trade.cmd_seq, trade.symbol.encode(), encode_trade(seq, trade, source, pos, shard))
                 n_trades += 1
         n_ledger = 0
         ledger = self.ledger
         if matcher.accounts.ledger_seq > ledger.published_id:
             for seq, ts_ns, ev in history.balance_changes(ledger.published_cmd_seq, matcher.last_seq):
                 if ev[1] > ledger.published_id:
-                    ledger.add(ev[1], seq, str(ev[3]).encode(), encode_ledger(ev, ts_ns))
+                    ledger.add(ev[1], seq, str(ev[3]).encode(), encode_ledger(ev, ts_ns, shard))
                     n_ledger += 1
         return n_trades, n_ledger
 
