@@ -23,10 +23,11 @@ DB_HELP = ("sqlite:///PATH (relative) or sqlite:////ABSOLUTE/PATH: an embedded S
 def settle(
     kafka: str = typer.Option(..., "--kafka", help="Kafka bootstrap servers, host:port[,host:port...]."),
     db: str = typer.Option("sqlite:///data/settlement.sqlite", "--db", help=DB_HELP),
-    data_dir: Optional[str] = typer.Option(
-        None, "--data-dir", "-d",
-        help="The engine's data directory on this machine: gaps are derived from its WAL (read-only). "
-             "Without it a gap is recorded and its stream waits for the missing records."),
+    data_dir: list[str] = typer.Option(
+        [], "--data-dir", "-d",
+        help="An engine's data directory on this machine (repeatable: one per shard, told apart by their "
+             "shard.json): gaps of its streams are derived from its WAL (read-only). Without one a gap is "
+             "recorded and its stream waits for the missing records."),
     ledger_topic: str = typer.Option("ledger", "--ledger-topic"),
     trades_topic: str = typer.Option("trades", "--trades-topic"),
     group: str = typer.Option("settlement", "--group",
@@ -55,7 +56,7 @@ def settle(
 
     from .settle_service import SettleConfig, run_settle
     from .sql import describe_url
-    config = SettleConfig(bootstrap_servers=kafka, db_url=db, data_dir=data_dir, ledger_topic=ledger_topic,
+    config = SettleConfig(bootstrap_servers=kafka, db_url=db, data_dirs=tuple(data_dir), ledger_topic=ledger_topic,
                           trades_topic=trades_topic, group=group, max_records=max_records, poll_timeout_ms=poll_ms,
                           idle_exit_s=idle_exit_s)
     try:
@@ -77,13 +78,14 @@ settlement_app = typer.Typer(help="Inspect a settlement database.", no_args_is_h
 @settlement_app.command("verify")
 def verify_cmd(
     db: str = typer.Option(..., "--db", help=DB_HELP),
-    data_dir: str = typer.Option(..., "--data-dir", "-d", help="The engine's data directory."),
+    data_dir: list[str] = typer.Option(..., "--data-dir", "-d",
+                                       help="An engine's data directory (repeatable: one per shard)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Recompute every balance from the engine's WAL and compare with the
-    database (up to the ledger_seq it has settled); print the differences
-    (0 expected) and the settlement lag in ledger entries and trades.
-    Exit 1 when anything differs."""
+    """Recompute every balance from the engines' WALs and compare with the
+    database (up to the ledger_seq it has settled of each shard); print the
+    differences (0 expected) and the settlement lag in ledger entries and
+    trades. Exit 1 when anything differs."""
     from .settlement import verify
     from .sql import TransientDatabaseError, connect
     try:
@@ -104,7 +106,8 @@ def verify_cmd(
                    f"{report['engine_trades']} (lag {report['trades_lag']})")
         typer.echo(f"differences: {len(report['differences'])}")
         for d in report["differences"][:50]:
-            typer.echo(f"  account {d['account']} {d['asset']}: settled {d['settled']}, engine {d['engine']}")
+            typer.echo(f"  shard {d['shard']} account {d['account']} {d['asset']}: settled {d['settled']}, "
+                       f"engine {d['engine']}")
         for asset, (s, e) in report["supply_differences"].items():
             typer.echo(f"  supply of {asset}: settled {s}, engine {e}")
         typer.echo("posting sums: " + ", ".join(f"{a} {s}" for a, s in sorted(report["posting_sums"].items())))

@@ -28,7 +28,8 @@ class SettleConfig:
     Attributes:
         bootstrap_servers: Kafka, ``host:port[,...]``.
         db_url: ``sqlite:///PATH`` or ``postgresql://...`` (:func:`engine.consumers.sql.connect`).
-        data_dir: the engine's data directory, to fill gaps from its WAL.
+        data_dirs: the engines' data directories on this machine (one per
+            shard), to fill gaps from their WALs.
         ledger_topic / trades_topic: the topics.
         group: the consumer group the offsets are committed to (lag monitoring only).
         max_records: most records per batch (one transaction).
@@ -38,7 +39,7 @@ class SettleConfig:
 
     bootstrap_servers: str
     db_url: str = "sqlite:///data/settlement.sqlite"
-    data_dir: Optional[str] = None
+    data_dirs: tuple = ()
     ledger_topic: str = "ledger"
     trades_topic: str = "trades"
     group: str = "settlement"
@@ -56,7 +57,7 @@ def _add(total: Any, counts: SettleCounts) -> SettleCounts:
 def settle_consumer(config: SettleConfig) -> StoreConsumer:
     """The :class:`StoreConsumer` of one settlement service."""
     def open_store() -> SettlementStore:
-        return SettlementStore(connect(config.db_url), config.ledger_topic, config.trades_topic, config.data_dir)
+        return SettlementStore(connect(config.db_url), config.ledger_topic, config.trades_topic, config.data_dirs)
     loop = LoopConfig(name="settle", bootstrap_servers=config.bootstrap_servers,
                       topics=(config.ledger_topic, config.trades_topic), group=config.group,
                       max_records=config.max_records, poll_timeout_ms=config.poll_timeout_ms,

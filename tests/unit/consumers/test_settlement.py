@@ -30,8 +30,9 @@ def run(tmp_path_factory):
     return d, ledger, trades
 
 
-def open_store(tmp_path, data_dir=None, name="settle.db") -> SettlementStore:
-    return SettlementStore(connect(f"sqlite:///{tmp_path / name}"), data_dir=None if data_dir is None else str(data_dir))
+def open_store(tmp_path, data_dir=None, name="settle.db", gap_grace_s=0.0) -> SettlementStore:
+    return SettlementStore(connect(f"sqlite:///{tmp_path / name}"),
+                           data_dirs=None if data_dir is None else [str(data_dir)], gap_grace_s=gap_grace_s)
 
 
 def batches(records: list, size: int) -> list:
@@ -74,11 +75,12 @@ def in_partition_order(records: list, seed: int) -> list:
 @pytest.mark.parametrize("size", [1, 97, 5000])
 def test_a_funded_run_settles_to_the_engines_balances(tmp_path, run, size):
     d, ledger, trades = run
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, gap_grace_s=60)
     for batch in batches(in_partition_order(ledger + trades, size), size):
         store.apply(batch)
     assert_settled(store, d, trades)
     assert not store.pending_ledger and not store.pending_trades
+    assert store.db.query("SELECT COUNT(*) FROM gaps")[0][0] == 0   # partitions interleave: no gap
     assert store.ledger_seq == len(ledger)
     # every partition's stored offset is just past its last record
     last = {}
@@ -125,7 +127,7 @@ def test_a_gap_without_the_wal_waits_and_is_filled_by_the_late_record(tmp_path, 
     assert counts.gaps == 1 and store.ledger_seq == 1000       # nothing after the gap
     assert counts.held == len(ledger) - 1001
     gap = store.db.query("SELECT stream, first_id, last_id, filled_ns FROM gaps")
-    assert gap == [("ledger", 1001, 1001, None)]
+    assert gap == [("ledger:0", 1001, 1001, None)]
     # every partition's stored offset stays at its first record waiting behind the gap
     for p in range(3):
         first_held = next(r for r in ledger[1001:] if r.partition == p)
@@ -229,3 +231,33 @@ def test_verify_recomputes_every_balance_from_the_wal(tmp_path, run):
     (diff,) = verify(store.db, str(d))["differences"]
     assert (diff["account"], diff["asset"]) == (account, asset)
     assert diff["settled"][0] == diff["engine"][0] - 1
+
+
+def test_two_shards_on_one_topic_settle_apart_though_their_ids_repeat(tmp_path):
+    from engine.consumers.settlement import verify
+    a, b = tmp_path / "a", tmp_path / "b"
+    funded_run(a, n=2500, seed=3, accounts=20, symbol="AAA", shard="a")
+    funded_run(b, n=2500, seed=4, accounts=20, symbol="BBB", shard="b")
+    offsets: dict = {}
+    la, ta = stream_records(a, 2, 1, offsets)
+    lb, tb = stream_records(b, 2, 1, offsets)       # the same topics: offsets go on
+    ids = lambda recs: {json.loads(r.value)["match_id"] for r in recs}  # noqa: E731
+    assert ids(ta) & ids(tb)                          # match_id repeats across shards
+    missing = lb[300]
+    records = in_partition_order([r for r in la + lb if r is not missing] + ta + tb, 5)
+    store = SettlementStore(connect(f"sqlite:///{tmp_path / 's.db'}"), data_dirs=[str(a), str(b)], gap_grace_s=60)
+    for batch in batches(records, 700):
+        store.apply(batch)
+    # the partitions' interleaving is waited out; only the record that never came is a gap, once it is overdue
+    assert store.db.query("SELECT COUNT(*) FROM gaps")[0][0] == 0 and store.waiting()
+    store.gap_grace_s = 0
+    store.apply([])
+    assert store.ledgers["a"].ledger_seq == len(la) and store.ledgers["b"].ledger_seq == len(lb)
+    assert store_balances(store.db, "a") == engine_balances(a)
+    assert store_balances(store.db, "b") == engine_balances(b)
+    assert store.db.query("SELECT shard, COUNT(*) FROM settled_trades GROUP BY shard ORDER BY shard") == \
+        [("a", len(ta)), ("b", len(tb))]
+    assert store.db.query("SELECT how FROM gaps") == [("wal",)]    # shard b's gap, from b's WAL
+    report = verify(store.db, [str(a), str(b)])
+    assert (report["differences"], report["ledger_lag"], report["trades_lag"]) == ([], 0, 0)
+    assert sorted(report["shards"]) == ["a", "b"]
