@@ -159,25 +159,36 @@ class PostgresDatabase(Database):
             with self.conn.transaction():
                 yield
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
-            raise TransientDatabaseError(f"{describe_url(self.url)}: {exc}".strip()) from None
+            raise self._lost(exc) from None
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
         self.conn.execute(self._sql(sql), tuple(params))
 
+    def _lost(self, exc: Exception) -> TransientDatabaseError:
+        return TransientDatabaseError(f"{describe_url(self.url)}: {exc}".strip())
+
     def executescript(self, sql: str) -> None:
-        with self.conn.transaction():
-            for statement in sql.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
+        psycopg = self._psycopg
+        try:
+            with self.conn.transaction():
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise self._lost(exc) from None
 
     def executemany(self, sql: str, rows: list) -> None:
         with self.conn.cursor() as cur:
             cur.executemany(self._sql(sql), rows)
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        with self.conn.cursor() as cur:
-            cur.execute(self._sql(sql), tuple(params))
-            return cur.fetchall()
+        psycopg = self._psycopg
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(self._sql(sql), tuple(params))
+                return cur.fetchall()
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise self._lost(exc) from None
 
     def insert_rows(self, table: str, columns: tuple, rows: list) -> None:
         if rows:
