@@ -429,9 +429,18 @@ class _Plan:
         lg = self.s.ledgers.get(shard)
         lg = self.ledgers[shard] = lg.copy() if lg is not None else _Ledger()
         pending = lg.pending
-        for rec, msg, digest in entries:
+        stream = f"ledger:{shard}"
+        entry = self._entry
+        applied = 0
+        # Most entries come in order: apply those straight away; park the rest.
+        for rec, msg, digest in sorted(entries, key=lambda e: e[1]["ledger_seq"]):
             n = msg["ledger_seq"]
-            if n <= lg.ledger_seq:
+            if n == lg.ledger_seq + 1 and not pending:
+                entry(shard, lg, msg, digest)
+                applied += 1
+                if self.gaps_found or self.s.open_gaps:
+                    self._close_gap_at(stream, n)
+            elif n <= lg.ledger_seq:
                 self._repeat("ledger", (shard, n), f"{n} of shard {shard}", digest, counts)
             elif n in pending:
                 if pending[n][2] != digest:
@@ -440,15 +449,16 @@ class _Plan:
                 counts.repeats += 1
             else:
                 pending[n] = (rec, msg, digest)
-        if not pending:
-            return
-        stream = f"ledger:{shard}"
         order = sorted(pending)
-        i = applied = 0
-        entry = self._entry
+        i = 0
         while i < len(order):
             first = order[i]
             if first != lg.ledger_seq + 1:
+                if first <= lg.ledger_seq:      # parked, then reached by the in-order run: a repeat
+                    _rec, _msg, digest = pending.pop(first)
+                    self._repeat("ledger", (shard, first), f"{first} of shard {shard}", digest, counts)
+                    i += 1
+                    continue
                 now = time.monotonic()
                 if lg.stuck is None or lg.stuck[0] != lg.ledger_seq + 1:
                     lg.stuck = (lg.ledger_seq + 1, now)

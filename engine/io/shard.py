@@ -30,9 +30,17 @@ SHARD_FORMAT = 1
 _ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
+_VALID: set = {DEFAULT_SHARD}
+
+
 def is_shard_id(value: Any) -> bool:
     """Whether ``value`` is a valid shard id (a string, see the module docstring)."""
-    return type(value) is str and _ID.fullmatch(value) is not None
+    if value in _VALID and type(value) is str:
+        return True
+    ok = type(value) is str and _ID.fullmatch(value) is not None
+    if ok and len(_VALID) < 10_000:
+        _VALID.add(value)       # a few ids repeat in every record: remember the good ones
+    return ok
 
 
 def read_shard(data_dir: str) -> str:
