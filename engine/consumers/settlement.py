@@ -3,7 +3,7 @@
 The matching engine publishes every balance change to ``ledger`` (gap-free
 ``ledger_seq``) and every trade to ``trades`` (gap-free ``symbol_seq`` per
 symbol), at least once (``engine/io/MESSAGES.md``). :class:`SettlementStore`
-turns those streams into the book of record (``engine/consumers/SCHEMA.md``):
+turns those streams into the book of record (``engine/consumers/FORMAT.md``):
 balances, double-entry postings, settled trades.
 
 **The database transaction is the settlement's write-ahead log.** One batch
@@ -63,7 +63,7 @@ __all__ = ["SettlementStore", "SettleCounts", "verify", "Record", "ConflictError
 log = logging.getLogger("evengine.settlement")
 
 SCHEMA_VERSION = 1
-"""Version of the tables (``settlement_meta.schema_version``); SCHEMA.md."""
+"""Version of the tables (``settlement_meta.schema_version``); engine/consumers/FORMAT.md."""
 
 _TRANSFER_REASONS = {"deposit", "withdrawal"}
 

@@ -1,6 +1,6 @@
 """One small interface over the two SQL stores the consumers write: SQLite and PostgreSQL.
 
-The consumers write one schema to both (``engine/consumers/SCHEMA.md``); what
+The consumers write one schema to both (``engine/consumers/FORMAT.md``); what
 differs is how to connect, the parameter style, bulk inserts and which errors
 mean "the server went away, try again". :func:`connect` takes a URL:
 
