@@ -159,18 +159,27 @@ class StoreConsumer:
                 delay = min(delay * 2, 5.0)
 
     async def _assign(self, consumer: Any, store: Store) -> list:
-        """Assign every partition of the topics (waiting for them to exist)
-        and seek each to the database's offset."""
+        """Assign every partition of the topics (waiting for them to exist:
+        an engine creates them when it first publishes) and seek each to the
+        database's offset."""
         from aiokafka import TopicPartition
-        while True:
-            await consumer.topics()          # a metadata request: topics created since are seen
-            tps = [TopicPartition(t, p) for t in self.config.topics
-                   for p in sorted(consumer.partitions_for_topic(t) or ())]
-            if {tp.topic for tp in tps} == set(self.config.topics):
-                break
-            if self._stop.is_set():
-                return []
-            await asyncio.sleep(0.5)
+        from aiokafka.admin import AIOKafkaAdminClient
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap_servers,
+                                    client_id=f"evengine-{self.config.name}-admin-{os.getpid()}")
+        await admin.start()
+        try:
+            while True:
+                described = await admin.describe_topics(list(self.config.topics))
+                found = {d["topic"]: sorted(p["partition"] for p in d["partitions"])
+                         for d in described if d["error_code"] == 0 and d["partitions"]}
+                if set(found) == set(self.config.topics):
+                    break
+                if self._stop.is_set():
+                    return []
+                await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+        tps = [TopicPartition(t, p) for t in self.config.topics for p in found[t]]
         consumer.assign(tps)
         self._seek(consumer, store, tps)
         return tps
