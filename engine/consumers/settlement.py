@@ -22,11 +22,13 @@ monitoring only). So:
   republishes after a restart); its digest (SHA-256 of its canonical JSON)
   must equal the stored one, else :class:`ConflictError` stops the service
   and the batch is rolled back;
-- **no hole**: a record above the next expected id is a gap. With the
-  engine's data directory on this machine the missing records are derived
-  from its WAL inside the same transaction; otherwise the gap is recorded
-  (``gaps``) and that stream waits (nothing after the gap is applied) until
-  the records come.
+- **no hole**: a record above the next expected id is a gap (for the
+  ledger, once it has been awaited ``gap_grace_s``: its partitions
+  interleave). With the engine's data directory on this machine the missing
+  records are derived from its WAL inside the same transaction (a WAL that
+  does not hold them stops the service: :class:`GapError`); otherwise the
+  gap is recorded (``gaps``) and that stream waits (nothing after the gap is
+  applied) until the records come.
 
 **Checks in every batch**: each ledger entry's running balances must equal
 the stored balance plus its deltas (:class:`LedgerMismatchError` otherwise);
@@ -57,7 +59,7 @@ from engine.io.messages import decode_ledger, decode_trade, ledger_message, trad
 from .kafka_loop import Record, StoreError
 from .sql import Database
 
-__all__ = ["SettlementStore", "SettleCounts", "verify", "Record", "ConflictError", "LedgerMismatchError",
+__all__ = ["SettlementStore", "SettleCounts", "verify", "Record", "ConflictError", "GapError", "LedgerMismatchError",
            "SettlementError", "SCHEMA_VERSION", "digest_of", "TRADE_COLUMNS", "POSTING_COLUMNS"]
 
 log = logging.getLogger("evengine.settlement")
@@ -165,6 +167,12 @@ class SettlementError(StoreError):
 class ConflictError(SettlementError):
     """A repeat whose body differs from the record stored under its key
     (``ledger_seq``; ``(symbol, symbol_seq)``; ``match_id``)."""
+
+
+class GapError(SettlementError):
+    """Records are missing and the engine's WAL given for their shard does
+    not hold them either (another engine's directory, or a damaged one):
+    nothing after the gap can be settled correctly."""
 
 
 class LedgerMismatchError(SettlementError):
@@ -507,13 +515,12 @@ class _Plan:
                 found += 1
         except SettlementError:
             raise
-        except Exception as exc:   # an unreadable or short WAL: the gap stays, the stream waits
-            log.warning("cannot fill the ledger gap %d..%d of shard %s from %s: %s", a, b, shard, data_dir, exc)
-            return False
+        except Exception as exc:
+            raise GapError(f"ledger_seq {a}..{b} of shard {shard} are missing and the WAL of {data_dir} cannot "
+                           f"be read for them: {exc}") from None
         if found < b - a + 1:
-            log.warning("the WAL of %s holds %d of the %d missing ledger entries %d..%d; waiting",
-                        data_dir, found, b - a + 1, a, b)
-            return False
+            raise GapError(f"ledger_seq {a}..{b} of shard {shard} are missing and the WAL of {data_dir} holds "
+                           f"{found} of them: is it this shard's data directory?")
         counts.filled_from_wal += found
         return True
 
@@ -633,12 +640,11 @@ class _Plan:
         except SettlementError:
             raise
         except Exception as exc:
-            log.warning("cannot fill the gap in %s from %s: %s", symbol, data_dir, exc)
-            return False
+            raise GapError(f"trades {a}..{b} of {symbol} are missing and the WAL of {data_dir} cannot be read "
+                           f"for them: {exc}") from None
         if found < b - a + 1:
-            log.warning("the WAL of %s holds %d of the %d missing trades of %s; waiting",
-                        data_dir, found, b - a + 1, symbol)
-            return False
+            raise GapError(f"trades {a}..{b} of {symbol} are missing and the WAL of {data_dir} holds {found} of "
+                           f"them: is it the data directory of shard {shard}?")
         counts.filled_from_wal += found
         return True
 

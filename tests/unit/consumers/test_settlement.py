@@ -261,3 +261,16 @@ def test_two_shards_on_one_topic_settle_apart_though_their_ids_repeat(tmp_path):
     report = verify(store.db, [str(a), str(b)])
     assert (report["differences"], report["ledger_lag"], report["trades_lag"]) == ([], 0, 0)
     assert sorted(report["shards"]) == ["a", "b"]
+
+
+def test_a_gap_the_given_wal_cannot_fill_stops_settlement_with_nothing_applied(tmp_path, run):
+    from engine.consumers.settlement import GapError
+    d, ledger, trades = run
+    other = tmp_path / "other"
+    funded_run(other, n=300, seed=99, accounts=5)      # shard 0 too, but another engine: a short WAL
+    store = SettlementStore(connect(f"sqlite:///{tmp_path / 's.db'}"), data_dirs=[str(other)], gap_grace_s=0)
+    store.apply(ledger[:2000])
+    before = dump(store)
+    with pytest.raises(GapError, match="ledger_seq 2001..2001 of shard 0"):
+        store.apply(ledger[2001:3000])
+    assert dump(store) == before
