@@ -36,7 +36,6 @@ import gc
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,10 +94,10 @@ def baseline(url: str, parts: list) -> float:
     """The same rows, decoded, one bulk insert and one commit per batch, nothing else."""
     db = connect(url)
     db.executescript("DROP TABLE IF EXISTS base_postings; DROP TABLE IF EXISTS base_trades; "
-                     "CREATE TABLE base_postings (ledger_seq BIGINT, leg SMALLINT, cmd_seq BIGINT, ts_ns BIGINT, "
+                     "CREATE TABLE base_postings (shard TEXT, ledger_seq BIGINT, leg SMALLINT, cmd_seq BIGINT, ts_ns BIGINT, "
                      "account BIGINT, asset TEXT, reason TEXT, ref BIGINT, available_delta BIGINT, "
                      "held_delta BIGINT, available_after BIGINT, held_after BIGINT, digest TEXT); "
-                     "CREATE TABLE base_trades (match_id BIGINT, symbol TEXT, symbol_seq BIGINT, seq BIGINT, "
+                     "CREATE TABLE base_trades (shard TEXT, match_id BIGINT, symbol TEXT, symbol_seq BIGINT, seq BIGINT, "
                      "cmd_seq BIGINT, ts_ns BIGINT, price BIGINT, qty BIGINT, taker_side TEXT, "
                      "maker_order_id BIGINT, taker_order_id BIGINT, maker_account BIGINT, taker_account BIGINT, "
                      "digest TEXT)")
@@ -109,7 +108,7 @@ def baseline(url: str, parts: list) -> float:
         for rec in batch:
             m = loads(rec.value)
             if rec.topic == "ledger":
-                post.append((m["ledger_seq"], 0, m["cmd_seq"], m["ts_ns"], m["account"], m["asset"], m["reason"],
+                post.append((m["shard"] if "shard" in m else "0", m["ledger_seq"], 0, m["cmd_seq"], m["ts_ns"], m["account"], m["asset"], m["reason"],
                              m["ref"], m["available_delta"], m["held_delta"], m["available"], m["held"], None))
             else:
                 trades.append(tuple(m.get(c) for c in TRADE_COLUMNS[:-1]) + ("",))

@@ -35,7 +35,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 from .sql import TransientDatabaseError

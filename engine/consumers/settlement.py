@@ -489,14 +489,7 @@ class _Plan:
         """Fill ``ledger_seq`` ``a..b`` of ``shard`` from its WAL if possible;
         record the gap when new. Returns whether it is filled."""
         s = self.s
-        stream = f"ledger:{shard}"
-        data_dir = s.data_dirs.get(shard)
-        if (stream, a) not in s.open_gaps and all(g[:2] != (stream, a) for g in self.gaps_found):
-            counts.gaps += 1
-            self.gaps_found.append((stream, a, b))
-            log.warning("gap in the ledger of shard %s: ledger_seq %d..%d missing%s", shard, a, b,
-                        f"; deriving it from the WAL of {data_dir}" if data_dir else
-                        "; waiting for it (no data directory of this shard)")
+        data_dir = self._note_gap(f"ledger:{shard}", shard, a, b, f"the ledger of shard {shard}: ledger_seq", counts)
         if not data_dir:
             return False
         found = 0
@@ -609,14 +602,7 @@ class _Plan:
 
     def _trade_gap(self, symbol: str, shard: str, a: int, b: int, pend: dict, counts: SettleCounts) -> bool:
         s = self.s
-        stream = f"trades:{symbol}"
-        data_dir = s.data_dirs.get(shard)
-        if (stream, a) not in s.open_gaps and all(g[:2] != (stream, a) for g in self.gaps_found):
-            counts.gaps += 1
-            self.gaps_found.append((stream, a, b))
-            log.warning("gap in %s: symbol_seq %d..%d missing%s", symbol, a, b,
-                        f"; reading it from the WAL of {data_dir}" if data_dir else
-                        "; waiting for it (no data directory of its shard)")
+        data_dir = self._note_gap(f"trades:{symbol}", shard, a, b, f"{symbol}: symbol_seq", counts)
         if not data_dir:
             return False
         start = 1
@@ -649,6 +635,18 @@ class _Plan:
         return True
 
     # ------------------------------------------------------------ helpers
+    def _note_gap(self, stream: str, shard: str, a: int, b: int, what: str, counts: SettleCounts) -> Optional[str]:
+        """Record and log the gap ``a..b`` of ``stream`` the first time it is
+        seen; return the data directory of ``shard`` to fill it from, if any."""
+        data_dir = self.s.data_dirs.get(shard)
+        if (stream, a) not in self.s.open_gaps and all(g[:2] != (stream, a) for g in self.gaps_found):
+            counts.gaps += 1
+            self.gaps_found.append((stream, a, b))
+            log.warning("gap in %s %d..%d missing%s", what, a, b,
+                        f"; deriving it from the WAL of {data_dir}" if data_dir else
+                        f"; waiting for it (no data directory of shard {shard})")
+        return data_dir
+
     def _repeat(self, stream: str, key: Any, label: str, digest: str, counts: SettleCounts) -> None:
         """A record at or below its stream's committed watermark: checked
         against the stored digest in :meth:`check_repeats`, one query per

@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from engine.core import (AddAsset, AddSymbol, AmendOrder, CancelOrder, Deposit, Matcher, PlaceOrder,
                          Withdraw)
 from tests.support.ref_book import RefEngine
-from tests.support.ref_compare import assert_same_state, restored, step
+from tests.support.ref_compare import aim_at_a_resting_order, assert_same_state, restored, step
 
 SETTINGS = settings(max_examples=100, stateful_step_count=60, deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -154,31 +154,10 @@ class AccountsVsReference(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def amend_or_cancel_a_resting_order(self, data):
-        """Aim at a live order: holds shrink, grow and are released."""
-        live = [(s, i) for s, b in sorted(self.matcher.books.items()) for i in sorted(b.orders)]
-        if not live:
-            return
-        symbol, order_id = data.draw(st.sampled_from(live))
-        order = self.matcher.books[symbol].orders[order_id]
-        choice = data.draw(st.sampled_from(["down", "same", "up", "move", "cancel"]))
-        if choice == "cancel":
-            cmd = CancelOrder.new(symbol, order_id)
-        else:
-            price = order.price + (data.draw(st.integers(-3, 3)) if choice == "move" else 0)
-            qty = {"down": max(1, order.qty - 1), "same": order.qty, "up": order.qty + 3,
-                   "move": order.qty}[choice]
-            cmd = AmendOrder.new(symbol, order_id, max(price, 1), qty)
-        step(self.matcher, self.ref, cmd, self.twin)
-
-    @rule(data=st.data())
-    def repeat_a_known_transfer(self, data):
-        """Send a remembered transfer again, same body: the first outcome comes back."""
-        known = sorted(self.matcher.accounts.transfers.items())
-        if not known:
-            return
-        tid, (kind, account, asset, amount, _reason, _detail) = data.draw(st.sampled_from(known))
-        cls = Deposit if kind == Deposit.new(1, 0, "", 1).kind else Withdraw
-        step(self.matcher, self.ref, cls.new(tid, account, asset, amount), self.twin)
+        """Aim at a live order, so priority-keeping amends, holds that move and cancels happen often."""
+        cmd = aim_at_a_resting_order(self.matcher, data, grow=3)
+        if cmd is not None:
+            step(self.matcher, self.ref, cmd, self.twin)
 
     @rule()
     def snapshot(self):

@@ -21,10 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine.core import (AddSymbol, AmendOrder, BadInput, CancelOrder, CancelReason, Matcher,
-                         PlaceOrder, RejectReason)
+from engine.core import AddSymbol, AmendOrder, BadInput, CancelOrder, Matcher, PlaceOrder
 from tests.support.ref_book import RefEngine
-from tests.support.ref_compare import assert_same_state, restored, step
+from tests.support.ref_compare import aim_at_a_resting_order, assert_same_state, restored, step
 
 # Local settings (a module must not change the session's profile). Modest
 # counts keep the suite fast; raise them here for a deep run.
@@ -157,22 +156,10 @@ class MatcherVsReference(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def amend_or_cancel_a_resting_order(self, data):
-        """Aim at a live order, so priority-keeping amends and cancels happen often."""
-        live = [(s, i) for s, b in sorted(self.matcher.books.items()) for i in sorted(b.orders)]
-        if not live:
-            return
-        symbol, order_id = data.draw(st.sampled_from(live))
-        order = self.matcher.books[symbol].orders[order_id]
-        choice = data.draw(st.sampled_from(["down", "same", "up", "move", "cancel"]))
-        if choice == "cancel":
-            cmd = CancelOrder.new(symbol, order_id)
-        else:
-            tick = self.matcher.books[symbol].tick_size
-            price = order.price + (data.draw(st.integers(-3, 3)) * tick if choice == "move" else 0)
-            qty = {"down": max(1, order.qty - 1), "same": order.qty, "up": order.qty + 2,
-                   "move": order.qty}[choice]
-            cmd = AmendOrder.new(symbol, order_id, max(price, tick), qty)
-        step(self.matcher, self.ref, cmd, self.twin)
+        """Aim at a live order, so priority-keeping amends, holds that move and cancels happen often."""
+        cmd = aim_at_a_resting_order(self.matcher, data, grow=2)
+        if cmd is not None:
+            step(self.matcher, self.ref, cmd, self.twin)
 
     @rule()
     def snapshot(self):

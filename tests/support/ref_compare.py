@@ -10,13 +10,16 @@ snapshot file carries it.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import msgpack
 from hypothesis import event
+from hypothesis import strategies as st
 
-from engine.core import CancelReason, Matcher, RejectReason
+from engine.core import AmendOrder, CancelOrder, CancelReason, Matcher, RejectReason
 from tests.support.ref_book import RefEngine, event_key
 
-__all__ = ["step", "assert_same_state", "restored", "describe"]
+__all__ = ["step", "assert_same_state", "restored", "describe", "aim_at_a_resting_order"]
 
 BUY, SELL = 1, 2
 
@@ -75,3 +78,22 @@ def restored(matcher: Matcher) -> Matcher:
     return twin
 
 
+
+
+def aim_at_a_resting_order(matcher: Matcher, data: Any, grow: int = 2) -> Optional[Any]:
+    """A cancel or an amend of a live order drawn with ``data``
+    (``st.data()``): down, same, up by ``grow`` lots, or moved up to three
+    ticks; ``None`` when no order rests. Aiming at live orders makes
+    priority-keeping amends, holds that shrink and grow, and cancels common."""
+    live = [(s, i) for s, b in sorted(matcher.books.items()) for i in sorted(b.orders)]
+    if not live:
+        return None
+    symbol, order_id = data.draw(st.sampled_from(live))
+    order = matcher.books[symbol].orders[order_id]
+    choice = data.draw(st.sampled_from(["down", "same", "up", "move", "cancel"]))
+    if choice == "cancel":
+        return CancelOrder.new(symbol, order_id)
+    tick = matcher.books[symbol].tick_size
+    price = order.price + (data.draw(st.integers(-3, 3)) * tick if choice == "move" else 0)
+    qty = {"down": max(1, order.qty - 1), "same": order.qty, "up": order.qty + grow, "move": order.qty}[choice]
+    return AmendOrder.new(symbol, order_id, max(price, tick), qty)
