@@ -61,3 +61,13 @@ def test_records_carry_the_shard_and_old_records_read_as_shard_0():
     assert decode_trade(json.dumps(old).encode())["shard"] == DEFAULT_SHARD
     with pytest.raises(ValueError):
         decode_trade(json.dumps(dict(old, shard="a b")).encode())
+
+
+def test_a_ledger_record_is_compact_json_and_owns_no_spare_buffer():
+    import sys
+
+    from engine.io.messages import ledger_message
+    change = BalanceChanged(72, 12, 4, 9, "BTC", 0, -5, 100, 0, 5, 77)
+    value = encode_ledger(change, 1_700_000_000_000_000_000, "eu-1")
+    assert value == json.dumps(ledger_message(change, 1_700_000_000_000_000_000, "eu-1"), separators=(",", ":")).encode()
+    assert sys.getsizeof(value) < 2 * len(value)      # orjson's bytes kept a 4 KiB buffer each
