@@ -1,7 +1,13 @@
 """``evengine trades-consumer``: the trade-history consumer as a command.
 
 ``engine/cli.py`` registers :func:`trades_consumer` as ``trades-consumer``;
-``python -m engine.consumers.cli --kafka HOST:PORT ...`` runs it alone.
+``python -m engine.consumers.cli --kafka HOST:PORT ...`` runs it alone. The
+consumer is :class:`engine.consumers.trade_history.TradeHistoryConsumer` on
+the shared Kafka loop (:mod:`engine.consumers.kafka_loop`).
+
+Exit status: 0 stopped by a signal (or idle); 1 Kafka or the database
+failed; 2 the database is not a trade history (another schema, a bad URL);
+3 a repeat contradicts the stored trades (nothing of its batch applied).
 """
 
 from __future__ import annotations
@@ -9,47 +15,56 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-__all__ = ["trades_consumer"]
+__all__ = ["trades_consumer", "DB_HELP"]
+
+DB_HELP = ("sqlite:///PATH (relative) or sqlite:////ABSOLUTE/PATH, or a bare PATH: a SQLite file (created with its "
+           "directory when missing; WAL journal, synchronous=FULL); or postgresql://USER@HOST:PORT/DB: a PostgreSQL "
+           "server (psycopg 3). A trade-history file of evengine 0.2 is migrated when opened.")
+
+_IGNORED = "Ignored, accepted so that old command lines still run: the consumer joins no group membership " \
+           "(it assigns itself every partition, its offsets are in the database)."
 
 
 def trades_consumer(
     kafka: str = typer.Option(..., "--kafka", help="Kafka bootstrap servers, host:port[,host:port...]."),
-    topic: str = typer.Option("trades", "--topic", help="The trades topic."),
+    topic: str = typer.Option("trades", "--topic", help="The trades topic (every partition is read)."),
     group: str = typer.Option("trade-history", "--group",
-                              help="Consumer group: its committed offsets are where a restart resumes."),
-    db: Path = typer.Option(Path("data/trades.sqlite"), "--db", help="The SQLite file (created when missing)."),
-    data_dir: Optional[Path] = typer.Option(
+                              help="Consumer group the offsets are committed to after each database commit, for "
+                                   "lag monitoring only: a restart resumes from the offsets in the database."),
+    db: str = typer.Option("sqlite:///data/trades.sqlite", "--db", help=DB_HELP),
+    data_dir: Optional[str] = typer.Option(
         None, "--data-dir", "-d",
-        help="The engine's data directory on this machine: gaps are filled from its WAL (read-only). "
-             "Without it a gap is recorded unfilled in the gaps table."),
+        help="The engine's data directory on this machine: gaps are filled from its WAL (read-only), as trades "
+             "of its shard. Without it a gap is recorded unfilled in the gaps table."),
     max_records: int = typer.Option(500, "--max-records", min=1,
-                                    help="Most records per batch (one SQLite transaction, one offset commit)."),
+                                    help="Most records per batch (one database transaction)."),
     poll_ms: int = typer.Option(500, "--poll-ms", min=1,
                                 help="How long one poll waits for records (ms); also the longest a stop waits."),
     gap_retry_s: float = typer.Option(1.0, "--gap-retry-s", min=0.0,
                                       help="While gaps are open, retry filling them from the WAL this often (s)."),
-    instance_id: Optional[str] = typer.Option(
-        None, "--instance-id",
-        help="Static group member id: a restarted consumer with the same id gets its partitions back at once "
-             "instead of after the session timeout. One per running consumer of the group."),
-    session_timeout_ms: int = typer.Option(10_000, "--session-timeout-ms", min=1,
-                                           help="A silent member is dropped from the group after this long (ms)."),
-    verbose: bool = typer.Option(True, help="Log start, gaps and skipped records to stderr."),
+    idle_exit_s: Optional[float] = typer.Option(None, "--idle-exit-s", min=0.0,
+                                                help="Stop after this long without a record (default: run until "
+                                                     "SIGTERM/SIGINT)."),
+    instance_id: Optional[str] = typer.Option(None, "--instance-id", help=_IGNORED),
+    session_timeout_ms: Optional[int] = typer.Option(None, "--session-timeout-ms", help=_IGNORED),
+    verbose: bool = typer.Option(True, help="Log start, gaps, reconnects and skipped records to stderr."),
 ) -> None:
-    """Store every trade of the trades topic in SQLite, exactly once.
+    """Store every trade of the trades topic in SQL (SQLite or PostgreSQL), exactly once.
 
-    Each batch of records is written in one SQLite transaction, and only then
-    are its offsets committed to Kafka: a crash in between redelivers the
-    batch, whose trades are recognised as repeats (match_id and the per-symbol
-    symbol_seq). A jump in a symbol's symbol_seq is a gap: logged, recorded in
-    the gaps table and, with --data-dir, filled from the engine's WAL.
-    Records that are not trade messages are logged (topic, partition, offset)
-    and skipped.
+    Every batch of records is one database transaction holding its trades and
+    the Kafka offsets past them; a restart seeks to the offsets in the
+    database (the group's offsets are committed after, for lag monitoring).
+    Trades are keyed by (shard, match_id) and (symbol, symbol_seq); a repeat
+    (the engine republishes after a restart) must equal the stored trade,
+    else the consumer stops (exit 3) with nothing of its batch applied. A
+    jump in a symbol's symbol_seq is a gap: logged, recorded in the gaps
+    table and, with --data-dir, filled from the engine's WAL. Records that
+    are not trade messages are logged (topic, partition, offset) and skipped.
+    A database that goes away is waited for.
 
     Runs until SIGTERM or SIGINT, which finish the current batch; then prints
     a one-line JSON summary (stored, repeats, malformed, gaps, gaps_filled, ...).
@@ -58,19 +73,36 @@ def trades_consumer(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiokafka.errors import KafkaError
 
-    from .trade_history import ConsumerConfig, run_consumer
-    config = ConsumerConfig(bootstrap_servers=kafka, topic=topic, group=group, db_path=str(db),
-                            data_dir=None if data_dir is None else str(data_dir), max_records=max_records,
-                            poll_timeout_ms=poll_ms, gap_retry_s=gap_retry_s,
-                            session_timeout_ms=session_timeout_ms, instance_id=instance_id)
+    from .sql import TransientDatabaseError, describe_url
+    from .trade_history import ConsumerConfig, SchemaError, run_consumer
+    if instance_id is not None or session_timeout_ms is not None:
+        logging.getLogger("evengine.trades_consumer").warning(
+            "--instance-id and --session-timeout-ms are ignored: the consumer assigns itself every partition")
+    config = ConsumerConfig(bootstrap_servers=kafka, topic=topic, group=group, db_url=db, data_dir=data_dir,
+                            max_records=max_records, poll_timeout_ms=poll_ms, gap_retry_s=gap_retry_s,
+                            idle_exit_s=idle_exit_s)
     try:
-        run_consumer(config)
+        stats = run_consumer(config)
     except KafkaError as exc:
         typer.echo(f"error: Kafka at {kafka}: {exc}", err=True)
         raise typer.Exit(1)
-    except sqlite3.Error as exc:
-        typer.echo(f"error: SQLite database {db}: {exc}", err=True)
+    except (SchemaError, ValueError) as exc:
+        typer.echo(f"error: {describe_url(db)}: {exc}", err=True)
+        raise typer.Exit(2)
+    except TransientDatabaseError as exc:      # stopped while the database was still away
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
+    except sqlite3.Error as exc:
+        typer.echo(f"error: SQLite database {describe_url(db)}: {exc}", err=True)
+        raise typer.Exit(1)
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        typer.echo(f"error: PostgreSQL database {describe_url(db)}: {exc}", err=True)
+        raise typer.Exit(1)
+    if stats.error:
+        typer.echo(f"error: {stats.error}", err=True)
+        raise typer.Exit(3)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,53 @@
-"""The trade-history consumer: every trade of the ``trades`` topic in SQLite, once.
+"""The trade history: every trade of the ``trades`` topic in SQL (SQLite or PostgreSQL), once.
 
 ``trades`` is delivered at least once (``engine/io/MESSAGES.md``): after a
-restart the engine publishes again every trade it cannot prove reached Kafka,
-and a consumer that dies between its database commit and its offset commit is
-handed the same records again. :class:`TradeStore` makes that harmless: it
-keeps the highest ``symbol_seq`` per symbol, skips a trade at or below it (a
-repeat) and treats a jump of more than one as a gap, which it fills from the
-engine's WAL when the data directory is on this machine.
+restart the engine publishes again every trade it cannot prove reached
+Kafka. Several engines (shards by symbol) may publish into one topic, each
+numbering its ``match_id`` from 1, so a trade's keys are ``(shard,
+match_id)`` and ``(symbol, symbol_seq)`` (MESSAGES.md version 3; a record
+without ``shard`` is shard ``"0"``).
 
-:class:`TradeHistoryConsumer` reads the topic with a Kafka consumer group and,
-per batch, commits the database first and the offsets second::
+:class:`TradeStore` keeps the trades in one
+:class:`~engine.consumers.sql.Database`, fed by the shared Kafka loop
+(:class:`~engine.consumers.kafka_loop.StoreConsumer`, as the settlement is).
+One batch of records is one transaction holding its trades *and* the Kafka
+offsets past them (``trade_positions``); on start the loop seeks every
+partition to the offsets in the database, never to the consumer group's
+(those are committed after the database, for lag monitoring only). So:
 
-    getmany -> decode_trade each value -> TradeStore.apply (one SQLite transaction)
-            -> consumer.commit({partition: last offset + 1})
+- **nothing lost, nothing twice**: a crash before the commit leaves nothing
+  of the batch and its offsets; a crash after it leaves both;
+- **repeats verified**: a trade at or below its symbol's stored
+  ``symbol_seq`` is a repeat (the engine republishes after a restart); it
+  must equal the stored trade field for field, else :class:`ConflictError`
+  stops the consumer with nothing of the batch applied. So must a trade
+  whose ``(shard, match_id)`` is stored under another ``(symbol,
+  symbol_seq)``;
+- **gaps**: a jump of more than one in a symbol's ``symbol_seq`` is a gap,
+  logged and recorded in ``gaps``; the trade after it is stored anyway. With
+  the engine's data directory on this machine the missing trades are read
+  from its WAL (as records of its shard, ``engine.io.shard``) in the same
+  transaction; a gap the WAL cannot fill yet stays open and is retried (the
+  loop calls ``apply([])`` while :meth:`TradeStore.waiting`), as are late
+  records that land in it;
+- **malformed records** (not a trade message) are logged with topic,
+  partition and offset and skipped; their offsets are passed.
 
-A crash between the two commits redelivers the batch; ``apply`` counts it as
-repeats. Nothing is lost (offsets never pass an uncommitted trade) and nothing
-is stored twice (``match_id`` is the primary key).
+Tables (``SCHEMA_VERSION`` in ``trade_history_meta``): ``trades``
+(:data:`COLUMNS`; primary key ``(shard, match_id)``, unique ``(symbol,
+symbol_seq)``), ``symbols(symbol, last_symbol_seq)``, ``gaps(symbol,
+from_symbol_seq, to_symbol_seq, detected_at_ns, filled, filled_at_ns)``
+(bounds inclusive, ns since the epoch, ``filled`` 0 or 1) and
+``trade_positions(topic, partition_id, next_offset)``. A SQLite file of
+schema version 1 (evengine 0.2: no shard, no positions, trades keyed by
+``match_id``) is migrated when opened: its trades become shard ``"0"`` and
+the topic is read again from the beginning (what is stored comes back as
+verified repeats).
 
 Command line: ``evengine trades-consumer`` (``engine/consumers/cli.py``).
+Crash hooks for tests: ``EVENGINE_CRASH_AT=trades-consumer-after-db-commit``
+or ``trades-consumer-before-db-commit`` with ``EVENGINE_CRASH_AFTER_BATCHES=N``
+(:mod:`engine.consumers.kafka_loop`).
 """
 
 from __future__ import annotations
@@ -27,82 +56,118 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Optional, Union
 
-from engine.core import COMMAND_CLASSES
 from engine.io.messages import decode_trade, trade_message
+from engine.io.shard import DEFAULT_SHARD, is_shard_id, read_shard
+
+from .kafka_loop import CRASH_AFTER_ENV, CRASH_ENV, LoopConfig, LoopStats, Record, StoreConsumer, StoreError
+from .sql import Database, TransientDatabaseError, connect, describe_url
 
 __all__ = ["TradeStore", "ApplyCounts", "ConsumerConfig", "ConsumerStats", "TradeHistoryConsumer",
-           "run_consumer", "trade_row", "COLUMNS", "CRASH_ENV", "CRASH_AFTER_BATCHES_ENV", "CRASH_POINT"]
+           "run_consumer", "trade_row", "open_database", "COLUMNS", "SCHEMA_VERSION", "NAME", "Record",
+           "TradeHistoryError", "ConflictError", "SchemaError", "CRASH_ENV", "CRASH_AFTER_ENV"]
 
 log = logging.getLogger("evengine.trades_consumer")
 
-CRASH_ENV = "EVENGINE_CRASH_AT"
-CRASH_AFTER_BATCHES_ENV = "EVENGINE_CRASH_AFTER_BATCHES"
-CRASH_POINT = "consumer-after-db-commit"
-"""Test hook: with ``EVENGINE_CRASH_AT=consumer-after-db-commit`` the consumer
-SIGKILLs itself right after the database commit of batch N (``EVENGINE_CRASH_AFTER_BATCHES``,
-default 1), before the offsets of that batch are committed to Kafka."""
+NAME = "trades-consumer"
+"""The consumer's name in the shared loop: client id, logs, crash hooks
+(``EVENGINE_CRASH_AT=trades-consumer-after-db-commit``)."""
 
-COLUMNS = ("match_id", "symbol", "symbol_seq", "seq", "cmd_seq", "ts_ns", "price", "qty", "taker_side",
+SCHEMA_VERSION = 2
+"""Version of the tables (``trade_history_meta.schema_version``). Version 1:
+the SQLite file of evengine 0.2, migrated on open."""
+
+COLUMNS = ("shard", "match_id", "symbol", "symbol_seq", "seq", "cmd_seq", "ts_ns", "price", "qty", "taker_side",
            "maker_order_id", "taker_order_id", "maker_account", "taker_account", "input_source", "input_offset")
 """Columns of the ``trades`` table, in order: the fields of a trade message,
 with ``input`` flattened into ``input_source`` and ``input_offset``."""
 
-_TEXT_COLUMNS = {"symbol", "taker_side", "input_source"}
+_V1_COLUMNS = COLUMNS[1:]
+_TEXT_COLUMNS = {"shard", "symbol", "taker_side", "input_source"}
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-_COMMAND_TYPES = tuple(COMMAND_CLASSES.values())
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM trades"
 
-_SCHEMA = """
+_TRADES_TABLE = """
 CREATE TABLE IF NOT EXISTS trades (
-    match_id       INTEGER PRIMARY KEY,
-    symbol         TEXT    NOT NULL,
-    symbol_seq     INTEGER NOT NULL,
-    seq            INTEGER,
-    cmd_seq        INTEGER,
-    ts_ns          INTEGER,
-    price          INTEGER,
-    qty            INTEGER,
+    shard          TEXT   NOT NULL DEFAULT '0',
+    match_id       BIGINT NOT NULL,
+    symbol         TEXT   NOT NULL,
+    symbol_seq     BIGINT NOT NULL,
+    seq            BIGINT,
+    cmd_seq        BIGINT,
+    ts_ns          BIGINT,
+    price          BIGINT,
+    qty            BIGINT,
     taker_side     TEXT,
-    maker_order_id INTEGER,
-    taker_order_id INTEGER,
-    maker_account  INTEGER,
-    taker_account  INTEGER,
+    maker_order_id BIGINT,
+    taker_order_id BIGINT,
+    maker_account  BIGINT,
+    taker_account  BIGINT,
     input_source   TEXT,
-    input_offset   INTEGER,
+    input_offset   BIGINT,
+    PRIMARY KEY (shard, match_id),
     UNIQUE (symbol, symbol_seq)
-);
-CREATE TABLE IF NOT EXISTS symbols (
-    symbol          TEXT PRIMARY KEY,
-    last_symbol_seq INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS gaps (
-    symbol          TEXT    NOT NULL,
-    from_symbol_seq INTEGER NOT NULL,
-    to_symbol_seq   INTEGER NOT NULL,
-    detected_at_ns  INTEGER NOT NULL,
-    filled          INTEGER NOT NULL DEFAULT 0,
-    filled_at_ns    INTEGER,
-    PRIMARY KEY (symbol, from_symbol_seq)
-);
-"""
+)"""
 
-_INSERT = f"INSERT OR IGNORE INTO trades ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS trade_history_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)""",
+    _TRADES_TABLE,
+    """CREATE TABLE IF NOT EXISTS symbols (
+    symbol          TEXT   PRIMARY KEY,
+    last_symbol_seq BIGINT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS gaps (
+    symbol          TEXT    NOT NULL,
+    from_symbol_seq BIGINT  NOT NULL,
+    to_symbol_seq   BIGINT  NOT NULL,
+    detected_at_ns  BIGINT  NOT NULL,
+    filled          INTEGER NOT NULL DEFAULT 0,
+    filled_at_ns    BIGINT,
+    PRIMARY KEY (symbol, from_symbol_seq)
+)""",
+    """CREATE TABLE IF NOT EXISTS trade_positions (
+    topic        TEXT    NOT NULL,
+    partition_id INTEGER NOT NULL,
+    next_offset  BIGINT  NOT NULL,
+    PRIMARY KEY (topic, partition_id)
+)""",
+)
+
+
+class TradeHistoryError(StoreError):
+    """The stream or the database contradicts the trade history: the
+    consumer stops, nothing of the batch is applied."""
+
+
+class ConflictError(TradeHistoryError):
+    """A repeat whose body differs from the trade stored under its key
+    (``(symbol, symbol_seq)``, ``(shard, match_id)``), or a WAL trade that
+    differs from the record on Kafka."""
+
+
+class SchemaError(TradeHistoryError):
+    """The database is not a trade history this evengine reads (another
+    schema version, a settlement database, a foreign ``trades`` table)."""
 
 
 def trade_row(trade: dict) -> tuple:
     """A trade message (the dict of :func:`~engine.io.messages.decode_trade`) as
     a row of ``trades``, in :data:`COLUMNS` order. Fields other than
-    ``match_id``, ``symbol`` and ``symbol_seq`` may be missing (stored as NULL).
+    ``match_id``, ``symbol`` and ``symbol_seq`` may be missing (stored as NULL;
+    ``shard``: ``"0"``).
 
     Raises:
         ValueError: not a storable trade: ``match_id`` or ``symbol_seq`` not an
-            integer >= 1, ``symbol`` not a string, a field of the wrong type
-            (an object where a number belongs) or an integer beyond 64 bits.
+            integer >= 1, ``symbol`` not a string, ``shard`` not a shard id, a
+            field of the wrong type (an object where a number belongs) or an
+            integer beyond 64 bits.
     """
     if not isinstance(trade, dict):
         raise ValueError(f"a trade is a dict, not {type(trade).__name__}")
@@ -112,6 +177,8 @@ def trade_row(trade: dict) -> tuple:
     elif not isinstance(inp, dict):
         raise ValueError(f"input must be an object or null, not {type(inp).__name__}")
     values = {name: trade.get(name) for name in COLUMNS[:-2]}
+    if values["shard"] is None:
+        values["shard"] = DEFAULT_SHARD
     values["input_source"] = inp.get("source")
     values["input_offset"] = inp.get("offset")
     for key in ("match_id", "symbol_seq"):
@@ -120,6 +187,8 @@ def trade_row(trade: dict) -> tuple:
             raise ValueError(f"{key} must be an integer >= 1, got {v!r}")
     if not isinstance(values["symbol"], str):
         raise ValueError(f"symbol must be a string, got {values['symbol']!r}")
+    if not is_shard_id(values["shard"]):
+        raise ValueError(f"shard must be a shard id (1..32 of A-Z a-z 0-9 . _ -), got {values['shard']!r}")
     for name, v in values.items():
         if v is None:
             continue
@@ -133,80 +202,211 @@ def trade_row(trade: dict) -> tuple:
 
 @dataclass
 class ApplyCounts:
-    """What one :meth:`TradeStore.apply` (or :meth:`TradeStore.retry_gaps`) did.
+    """What one :meth:`TradeStore.apply` did (or a run's totals).
 
     Attributes:
-        stored: trades of the batch stored now.
-        repeats: trades of the batch already stored (skipped).
+        stored: trades of the batch stored now (late records into a gap included).
+        repeats: trades already stored, verified equal (skipped).
+        malformed: records that are not trade messages (skipped, logged).
         gaps: gaps found (one per jump of a symbol's ``symbol_seq``).
         gaps_filled: gaps now complete (filled from the WAL, or by late records).
         filled_trades: trades read from the engine's WAL and stored to fill gaps.
+        gaps_open: gaps still unfilled after the batch (a state, not a sum).
     """
 
     stored: int = 0
     repeats: int = 0
+    malformed: int = 0
     gaps: int = 0
     gaps_filled: int = 0
     filled_trades: int = 0
+    gaps_open: int = 0
+
+    def add(self, other: "ApplyCounts") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, v if k == "gaps_open" else getattr(self, k) + v)
+
+
+def open_database(url: Union[str, os.PathLike]) -> Database:
+    """:func:`engine.consumers.sql.connect` for the trade history: ``url`` is
+    ``sqlite:///PATH``, ``postgresql://...`` or a bare path (SQLite). A
+    SQLite file's directory is created when missing, and a writer waits up
+    to 30 s for another one's lock."""
+    url = os.fspath(url)
+    path = None
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+    elif "://" not in url:
+        path = url
+    if path is not None and path != ":memory:" and not path.startswith("file:"):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    db = connect(url)
+    if db.dialect == "sqlite":
+        db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+def _unique_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a primary-key or unique violation (SQLite or PostgreSQL)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE constraint failed" in str(exc)
+    return getattr(exc, "sqlstate", None) == "23505"
+
+
+def _transient(db: Database, exc: BaseException) -> bool:
+    """Whether ``exc``, raised outside a transaction, is the server going away."""
+    if db.dialect != "postgresql":
+        return False
+    import psycopg
+    return isinstance(exc, (psycopg.OperationalError, psycopg.errors.AdminShutdown))
+
+
+class _Gap:
+    """An unfilled gap ``a..b`` of a symbol and the ``symbol_seq`` stored in it."""
+
+    __slots__ = ("a", "b", "have")
+
+    def __init__(self, a: int, b: int, have: Iterable[int] = ()) -> None:
+        self.a, self.b, self.have = a, b, set(have)
+
+    def copy(self) -> "_Gap":
+        return _Gap(self.a, self.b, self.have)
+
+    def full(self) -> bool:
+        return len(self.have) >= self.b - self.a + 1
 
 
 class TradeStore:
-    """Trades in a SQLite file, each stored once, in one transaction per batch.
-
-    Tables: ``trades`` (primary key ``match_id``, unique ``(symbol,
-    symbol_seq)``, columns :data:`COLUMNS`), ``symbols(symbol, last_symbol_seq)``
-    and ``gaps(symbol, from_symbol_seq, to_symbol_seq, detected_at_ns, filled,
-    filled_at_ns)`` (``symbol_seq`` bounds inclusive, times in ns since the
-    epoch, ``filled`` 0 or 1). The file is opened with ``journal_mode=WAL``
-    (readers may look while it is written) and ``synchronous=FULL`` (a
-    committed batch survives a power cut).
+    """The trade history in one database, a transaction per batch (see the module docstring).
 
     Args:
-        path: the SQLite file (created with its tables when missing).
-        data_dir: the engine's data directory, read-only, to fill gaps from its
-            WAL; ``None``: gaps are recorded unfilled.
+        db: a :class:`~engine.consumers.sql.Database`, or a URL or path for
+            :func:`open_database`. The tables are created (or a version-1
+            SQLite file migrated) when missing.
+        data_dir: the engine's data directory, read-only, to fill gaps from
+            its WAL; ``None``: gaps are recorded and wait for late records.
+        gap_retry_s: a batch also retries the open gaps when they were last
+            tried this long ago (``apply([])`` always retries them).
+
+    Attributes:
+        db: the database.
+        positions: ``(topic, partition) -> next offset``, as committed.
 
     Raises:
-        sqlite3.Error: the file cannot be opened or is not this store's.
+        SchemaError: the database is not this store's (see the class).
+        TransientDatabaseError: the database went away while opening.
     """
 
-    def __init__(self, path: str, data_dir: Optional[str] = None) -> None:
-        self.path = str(path)
-        self.data_dir = None if data_dir is None else str(data_dir)
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        # isolation_level=None: no implicit transactions; apply() opens its own.
-        # check_same_thread=False: the consumer calls it from a worker thread,
-        # one call at a time.
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+    def __init__(self, db: Union[Database, str, os.PathLike], data_dir: Optional[Union[str, os.PathLike]] = None,
+                 gap_retry_s: float = 1.0) -> None:
+        self.db = db if isinstance(db, Database) else open_database(db)
+        self.data_dir = None if data_dir is None else os.fspath(data_dir)
+        self.gap_retry_s = gap_retry_s
+        self.positions: dict = {}
         self._last: dict[str, int] = {}
-        self._open: dict[str, list[tuple[int, int]]] = {}
-        self._load()
+        self._open: dict[str, list[_Gap]] = {}
+        self._last_retry = time.monotonic()
+        try:
+            self.create_schema()
+            self.load()
+        except TransientDatabaseError:
+            raise
+        except Exception as exc:
+            if _transient(self.db, exc):
+                raise TransientDatabaseError(f"{describe_url(self.db.url)}: {exc}".strip()) from None
+            raise
 
-    # ------------------------------------------------------------------ state
-    def _load(self) -> None:
-        """The in-memory copies of ``symbols`` and the unfilled ``gaps``."""
-        self._last = dict(self.db.execute("SELECT symbol, last_symbol_seq FROM symbols"))
-        self._open = {}
-        for symbol, a, b in self.db.execute(
-                "SELECT symbol, from_symbol_seq, to_symbol_seq FROM gaps WHERE filled = 0 ORDER BY symbol, from_symbol_seq"):
-            self._open.setdefault(symbol, []).append((a, b))
+    # ------------------------------------------------------------- set-up
+    def _tables(self) -> set:
+        if self.db.dialect == "sqlite":
+            return {r[0] for r in self.db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {r[0] for r in self.db.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
 
+    def _columns(self, table: str) -> list:
+        if self.db.dialect == "sqlite":
+            return [r[1] for r in self.db.query(f"PRAGMA table_info({table})")]
+        return [r[0] for r in self.db.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ? ORDER BY ordinal_position", (table,))]
+
+    def create_schema(self) -> None:
+        """Create the tables, or check the version of those there, or migrate
+        a version-1 SQLite file; one transaction."""
+        db, url = self.db, describe_url(self.db.url)
+        with db.transaction():
+            tables = self._tables()
+            if "settlement_meta" in tables:
+                raise SchemaError(f"{url} is a settlement database: give the trade history a database of its own")
+            if "trade_history_meta" in tables:
+                found = db.query("SELECT value FROM trade_history_meta WHERE key = 'schema_version'")
+                if found and found[0][0] != str(SCHEMA_VERSION):
+                    raise SchemaError(f"{url}: trade history schema version {found[0][0]}, this evengine reads "
+                                      f"version {SCHEMA_VERSION}")
+                if found:
+                    return
+            elif "trades" in tables:
+                columns = self._columns("trades")
+                if db.dialect == "sqlite" and sorted(columns) == sorted(_V1_COLUMNS):
+                    self._migrate_v1()
+                else:
+                    raise SchemaError(f"{url} holds a trades table that is not a trade history's "
+                                      f"(columns {', '.join(columns)})")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute("INSERT INTO trade_history_meta (key, value) VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+
+    def _migrate_v1(self) -> None:
+        """Version 1 (a SQLite file of evengine 0.2) to 2, inside the
+        caller's transaction: ``trades`` rebuilt with ``shard`` (``"0"``) in
+        its primary key; the positions start empty (the topic is read again,
+        what is stored comes back as verified repeats)."""
+        db = self.db
+        n = db.query("SELECT COUNT(*) FROM trades")[0][0]
+        db.execute("ALTER TABLE trades RENAME TO trades_v1")
+        db.execute(_TRADES_TABLE)
+        cols = ", ".join(_V1_COLUMNS)
+        db.execute(f"INSERT INTO trades (shard, {cols}) SELECT ?, {cols} FROM trades_v1", (DEFAULT_SHARD,))
+        db.execute("DROP TABLE trades_v1")
+        log.warning("%s: migrated the trade history from schema version 1 to %d: %d trades as shard %r; the "
+                    "topic is read again from its beginning (the trades stored come back as repeats)",
+                    describe_url(db.url), SCHEMA_VERSION, n, DEFAULT_SHARD)
+
+    def load(self) -> None:
+        """Read the committed state (positions, each symbol's last
+        ``symbol_seq``, the open gaps) into memory."""
+        db = self.db
+        with db.transaction():
+            positions = {(t, p): o for t, p, o in db.query(
+                "SELECT topic, partition_id, next_offset FROM trade_positions")}
+            last = {s: n for s, n in db.query("SELECT symbol, last_symbol_seq FROM symbols")}
+            gaps: dict[str, list[_Gap]] = {}
+            for symbol, a, b in db.query("SELECT symbol, from_symbol_seq, to_symbol_seq FROM gaps "
+                                         "WHERE filled = 0 ORDER BY symbol, from_symbol_seq"):
+                have = [r[0] for r in db.query("SELECT symbol_seq FROM trades WHERE symbol = ? AND symbol_seq "
+                                               "BETWEEN ? AND ?", (symbol, a, b))]
+                gaps.setdefault(symbol, []).append(_Gap(a, b, have))
+        self.positions, self._last, self._open = positions, last, gaps
+
+    # ------------------------------------------------------------ queries
     def last_symbol_seq(self, symbol: str) -> int:
-        """The highest ``symbol_seq`` seen of ``symbol`` (0: none yet)."""
+        """The highest ``symbol_seq`` stored of ``symbol`` (0: none yet)."""
         return self._last.get(symbol, 0)
 
     @property
     def open_gaps(self) -> list[tuple[str, int, int]]:
         """Unfilled gaps as ``[(symbol, from_symbol_seq, to_symbol_seq), ...]`` (inclusive)."""
-        return [(s, a, b) for s, spans in sorted(self._open.items()) for a, b in spans]
+        return [(s, g.a, g.b) for s, gaps in sorted(self._open.items()) for g in sorted(gaps, key=lambda g: g.a)]
 
     def count(self) -> int:
         """Number of trades stored."""
-        return self.db.execute("SELECT COUNT(*) FROM trades").fetchone()[0]
+        return self.db.query("SELECT COUNT(*) FROM trades")[0][0]
+
+    def waiting(self) -> bool:
+        """Whether gaps are open that the WAL may fill later (the loop then
+        calls ``apply([])`` now and then)."""
+        return self.data_dir is not None and bool(self._open)
 
     def close(self) -> None:
         self.db.close()
@@ -217,155 +417,336 @@ class TradeStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------ transaction
-    def _transaction(self, body) -> ApplyCounts:
-        counts = ApplyCounts()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            body(counts)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self._load()          # the cached seqs and gaps must match the database again
-            raise
-        return counts
-
-    def apply(self, trades: Iterable[dict]) -> ApplyCounts:
-        """Store a batch of trade messages (dicts of ``decode_trade``), in
-        order, in one transaction: all of them or, on an error, none.
-
-        Per trade of symbol S with ``symbol_seq`` n, S's last ``symbol_seq`` L:
-        n <= L or ``match_id`` already stored: a repeat, skipped (unless n lies
-        in an unfilled gap of S and is not stored yet: then it is stored and
-        fills that gap in part); n == L + 1: stored; n > L + 1: a gap L+1..n-1,
-        logged, recorded in ``gaps`` and filled from the WAL when ``data_dir``
-        is set and its WAL holds the missing trades, then the trade is stored.
+    # -------------------------------------------------------------- apply
+    def apply(self, records: Iterable[Record]) -> ApplyCounts:
+        """Store one batch of Kafka records (any partitions, each in offset
+        order) in one transaction with the offsets past them; see the module
+        docstring. ``apply([])`` retries the open gaps.
 
         Returns:
             The batch's :class:`ApplyCounts`.
 
         Raises:
-            ValueError: a trade is not storable (see :func:`trade_row`); checked
-                before anything is written.
-            sqlite3.Error: the database failed; the batch was rolled back.
+            ConflictError: a repeat differs from the stored trade; nothing of
+                the batch stays.
+            TransientDatabaseError: the database went away; nothing stayed;
+                reopen the store and apply the same records again.
+            Exception: any other database error; nothing stayed, the store
+                goes on (its memory is only changed after a commit).
         """
-        batch = [(t, trade_row(t)) for t in trades]
-        if not batch:
-            return ApplyCounts()
-        return self._transaction(lambda counts: self._apply(batch, counts))
+        records = list(records)
+        counts = ApplyCounts()
+        top: dict = {}
+        batch: list = []
+        for rec in records:
+            key = (rec.topic, rec.partition)
+            if rec.offset > top.get(key, -1):
+                top[key] = rec.offset
+            try:
+                if rec.value is None:
+                    raise ValueError("empty value (tombstone)")
+                msg = decode_trade(rec.value)
+                batch.append((rec, msg, trade_row(msg)))
+            except (ValueError, TypeError, RecursionError) as exc:
+                counts.malformed += 1
+                shown = rec.value[:200] if rec.value is not None else None
+                log.warning("skipped a record that is not a trade message: topic %s partition %d offset %d: %s; "
+                            "value %r", rec.topic, rec.partition, rec.offset, str(exc)[:200], shown)
+        positions = {k: o + 1 for k, o in top.items() if o + 1 > self.positions.get(k, 0)}
+        retry = bool(self.data_dir is not None and self._open
+                     and (not records or time.monotonic() - self._last_retry >= self.gap_retry_s))
+        if not (batch or positions or retry):
+            counts.gaps_open = len(self.open_gaps)
+            return counts
+        plan = _Plan(self, counts)
+        try:
+            with self.db.transaction():
+                plan.trades(batch)
+                if retry:
+                    plan.retry_gaps()
+                plan.check_repeats()
+                plan.write(positions)
+        except Exception as exc:
+            if _unique_violation(exc):
+                raise ConflictError(plan.describe_key_conflict(exc)) from None
+            raise
+        if retry:
+            self._last_retry = time.monotonic()
+        plan.commit_to_memory(positions)
+        counts.gaps_open = len(self.open_gaps)
+        return counts
 
     def retry_gaps(self) -> ApplyCounts:
-        """Try again to fill every unfilled gap from the WAL (one transaction).
-        A no-op without ``data_dir`` or open gaps."""
-        if self.data_dir is None or not self._open:
-            return ApplyCounts()
+        """Try again to fill every open gap from the WAL (``apply([])``)."""
+        return self.apply([])
 
-        def body(counts: ApplyCounts) -> None:
-            for symbol, a, b in self.open_gaps:
-                self._fill(symbol, a, b, self._seq_of(symbol, b + 1), counts, retry=True)
-        return self._transaction(body)
 
-    # -------------------------------------------------------------- internals
-    def _apply(self, batch: list, counts: ApplyCounts) -> None:
-        db = self.db
-        changed: set[str] = set()
-        for trade, row in batch:
-            symbol, n, match_id = trade["symbol"], trade["symbol_seq"], trade["match_id"]
-            last = self._last.get(symbol, 0)
-            if n <= last:
-                gap = self._gap_holding(symbol, n)
-                if gap is not None and db.execute(_INSERT, row).rowcount:
-                    counts.stored += 1
-                    self._check_filled(symbol, gap, counts)
-                else:
-                    counts.repeats += 1
-                continue
-            if db.execute("SELECT 1 FROM trades WHERE match_id = ?", (match_id,)).fetchone():
-                log.warning("trade match_id %d (%s symbol_seq %d) is stored already under another symbol_seq; "
-                            "skipped as a repeat", match_id, symbol, n)
+class _Plan:
+    """One batch worked out in memory inside the transaction; the store's
+    memory changes only in :meth:`commit_to_memory`, after the commit."""
+
+    def __init__(self, store: TradeStore, counts: ApplyCounts) -> None:
+        self.s = store
+        self.counts = counts
+        self.rows: dict = {}                 # (symbol, symbol_seq) -> row, to insert
+        self.ids: dict = {}                  # (shard, match_id) -> (symbol, symbol_seq) of the rows
+        self.from_wal: set = set()           # (symbol, symbol_seq) of the rows read from the WAL
+        self.last: dict = {}                 # symbol -> last symbol_seq, changed ones
+        self.gaps: dict = {}                 # symbol -> [_Gap], copies of the touched symbols'
+        self.gaps_found: list = []           # (symbol, a, b)
+        self.gaps_closed: list = []          # (symbol, a)
+        self.tried: set = set()              # (symbol, a) of the gaps read from the WAL in this batch
+        self.repeats: list = []              # (rec, row)
+        self._wal: Any = None                # the data dir's History, opened once a batch
+        self._shard: Optional[str] = None    # the data dir's shard id
+
+    # -------------------------------------------------------------- trades
+    def _gaps_of(self, symbol: str) -> list:
+        gaps = self.gaps.get(symbol)
+        if gaps is None:
+            gaps = self.gaps[symbol] = [g.copy() for g in self.s._open.get(symbol, ())]
+        return gaps
+
+    def _last_of(self, symbol: str) -> int:
+        return self.last.get(symbol, self.s._last.get(symbol, 0))
+
+    def _add(self, row: tuple, rec: Optional[Record]) -> None:
+        shard, match_id, symbol, n = row[:4]
+        other = self.ids.get((shard, match_id))
+        if other is not None:
+            raise ConflictError(f"trade shard {shard} match_id {match_id} arrived as {other[0]} symbol_seq "
+                                f"{other[1]} and as {symbol} symbol_seq {n}{_where(rec)}")
+        self.ids[(shard, match_id)] = (symbol, n)
+        self.rows[(symbol, n)] = row
+
+    def trades(self, batch: list) -> None:
+        counts = self.counts
+        for rec, msg, row in batch:
+            symbol, n = row[2], row[3]
+            have = self.rows.get((symbol, n))
+            if have is not None:             # earlier in this batch, or read from the WAL in it
+                if have != row:
+                    raise ConflictError(_differs(symbol, n, have, row, rec, "the engine's WAL" if (symbol, n) in
+                                                 self.from_wal else "a record earlier in the batch"))
                 counts.repeats += 1
                 continue
+            last = self._last_of(symbol)
+            if n <= last:
+                gap = next((g for g in self._gaps_of(symbol) if g.a <= n <= g.b), None) \
+                    if symbol in self.s._open or symbol in self.gaps else None
+                if gap is not None and n not in gap.have:      # a late record into a gap
+                    self._add(row, rec)
+                    gap.have.add(n)
+                    counts.stored += 1
+                    self._check_filled(symbol, gap)
+                else:
+                    self.repeats.append((rec, row))
+                    counts.repeats += 1
+                continue
             if n > last + 1:
-                self._gap(symbol, last + 1, n - 1, trade, counts)
-            db.execute(_INSERT, row)
+                self._gap(symbol, last + 1, n - 1, msg)
+            self._add(row, rec)
+            self.last[symbol] = n
             counts.stored += 1
-            self._last[symbol] = n
-            changed.add(symbol)
-        db.executemany("INSERT INTO symbols (symbol, last_symbol_seq) VALUES (?, ?) "
-                       "ON CONFLICT (symbol) DO UPDATE SET last_symbol_seq = excluded.last_symbol_seq",
-                       [(s, self._last[s]) for s in sorted(changed)])
 
-    def _gap_holding(self, symbol: str, n: int) -> Optional[tuple[int, int]]:
-        for a, b in self._open.get(symbol, ()):
-            if a <= n <= b:
-                return a, b
-        return None
-
-    def _gap(self, symbol: str, a: int, b: int, trade: dict, counts: ApplyCounts) -> None:
+    def _gap(self, symbol: str, a: int, b: int, msg: dict) -> None:
+        s = self.s
         log.warning("gap in %s: symbol_seq %d..%d missing (%d trades) before match_id %d (symbol_seq %d)%s",
-                    symbol, a, b, b - a + 1, trade["match_id"], trade["symbol_seq"],
-                    "; filling it from the WAL" if self.data_dir else "; no data_dir given, recorded unfilled")
-        counts.gaps += 1
-        self.db.execute("INSERT OR REPLACE INTO gaps (symbol, from_symbol_seq, to_symbol_seq, detected_at_ns, filled) "
-                        "VALUES (?, ?, ?, ?, 0)", (symbol, a, b, time.time_ns()))
-        self._open.setdefault(symbol, []).append((a, b))
-        if self.data_dir is not None:
-            seq = trade.get("seq")
-            self._fill(symbol, a, b, seq if type(seq) is int else None, counts)
+                    symbol, a, b, b - a + 1, msg["match_id"], msg["symbol_seq"],
+                    "; filling it from the WAL" if s.data_dir else "; no data_dir given, recorded unfilled")
+        self.counts.gaps += 1
+        gap = _Gap(a, b)
+        self._gaps_of(symbol).append(gap)
+        self.gaps_found.append((symbol, a, b))
+        if s.data_dir is not None:
+            seq = msg.get("seq")
+            self._fill(symbol, gap, seq if type(seq) is int else None, msg["shard"])
 
-    def _seq_of(self, symbol: str, symbol_seq: int, column: str = "seq") -> Optional[int]:
-        row = self.db.execute(f"SELECT {column} FROM trades WHERE symbol = ? AND symbol_seq = ?",
-                              (symbol, symbol_seq)).fetchone()
-        return row[0] if row else None
+    def retry_gaps(self) -> None:
+        """Read the WAL again for every open gap not tried in this batch."""
+        for symbol in sorted(set(self.s._open) | set(self.gaps)):
+            for gap in list(self._gaps_of(symbol)):
+                if (symbol, gap.a) in self.tried:
+                    continue
+                after = self._row_at(symbol, gap.b + 1)
+                upper = after[COLUMNS.index("seq")] if after is not None else None
+                shard = after[0] if after is not None else None
+                self._fill(symbol, gap, upper, shard, retry=True)
 
-    def _check_filled(self, symbol: str, gap: tuple[int, int], counts: ApplyCounts) -> bool:
-        a, b = gap
-        have = self.db.execute("SELECT COUNT(*) FROM trades WHERE symbol = ? AND symbol_seq BETWEEN ? AND ?",
-                               (symbol, a, b)).fetchone()[0]
-        if have < b - a + 1:
-            return False
-        self.db.execute("UPDATE gaps SET filled = 1, filled_at_ns = ? WHERE symbol = ? AND from_symbol_seq = ?",
-                        (time.time_ns(), symbol, a))
-        spans = self._open[symbol]
-        spans.remove(gap)
-        if not spans:
-            del self._open[symbol]
-        counts.gaps_filled += 1
-        log.info("gap in %s: symbol_seq %d..%d filled", symbol, a, b)
-        return True
+    def _row_at(self, symbol: str, n: int) -> Optional[tuple]:
+        row = self.rows.get((symbol, n))
+        if row is None:
+            found = self.s.db.query(f"{_SELECT} WHERE symbol = ? AND symbol_seq = ?", (symbol, n))
+            row = tuple(found[0]) if found else None
+        return row
 
-    def _fill(self, symbol: str, a: int, b: int, upper_seq: Optional[int], counts: ApplyCounts,
+    def _wal_shard(self) -> str:
+        """The data directory's shard id (``shard.json``), read once a batch."""
+        if self._shard is None:
+            self._shard = read_shard(self.s.data_dir)
+        return self._shard
+
+    def _history(self) -> Any:
+        """The data directory as a :class:`recovery.History`, opened once a
+        batch (a WAL that grows is seen by the next batch)."""
+        if self._wal is None:
+            from recovery.time_travel import open_data_dir
+            self._wal = open_data_dir(self.s.data_dir)
+        return self._wal
+
+    def _fill(self, symbol: str, gap: _Gap, upper_seq: Optional[int], shard: Optional[str],
               retry: bool = False) -> None:
-        """Store the trades ``a..b`` of ``symbol`` that the WAL holds; mark the
-        gap filled once all are stored. ``upper_seq``: the WAL seq of a later
-        trade of ``symbol`` (the read stops before it), or ``None``.
+        """Store the trades of ``gap`` that the WAL holds; close the gap once
+        all are stored. ``upper_seq``: the WAL seq of the trade after the gap
+        (the read stops before it), or ``None``; ``shard``: the shard of the
+        trades around the gap (a WAL of another shard cannot fill it).
         ``retry``: a gap already reported (what is still missing is logged at
         DEBUG only, not at every retry)."""
         from eventstore import EventStoreError
-        from recovery.time_travel import open_data_dir
 
-        # Read from the command of the last trade before the gap: the missing
-        # trades and the commands that caused them all come after it (a gap
-        # from symbol_seq 1 is read from the WAL's start).
-        start = (self._seq_of(symbol, a - 1, "cmd_seq") if a > 1 else None) or 1
-        end = None if upper_seq is None else upper_seq - 1
+        a, b = gap.a, gap.b
+        self.tried.add((symbol, a))
         wanted = b - a + 1
         found = 0
         try:
-            for seq, obj, source, pos in open_data_dir(self.data_dir).trades_with_input(start, end):
-                if obj.symbol == symbol and a <= obj.symbol_seq <= b:
-                    if self.db.execute(_INSERT, trade_row(trade_message(seq, obj, source, pos))).rowcount:
-                        counts.filled_trades += 1
-                    found += 1
-                    if found == wanted:
-                        break
+            wal_shard = self._wal_shard()
+            if shard is not None and shard != wal_shard:
+                raise ValueError(f"its trades are of shard {shard!r}, the data directory is shard {wal_shard!r}")
+            history = self._history()
+            # Read from the command of the last trade before the gap: the
+            # missing trades and the commands that caused them all come after
+            # it (a gap from symbol_seq 1 is read from the WAL's start).
+            before = self._row_at(symbol, a - 1) if a > 1 else None
+            start = (before[COLUMNS.index("cmd_seq")] if before is not None else None) or 1
+            end = None if upper_seq is None else upper_seq - 1
+            for seq, obj, source, pos in history.trades_with_input(start, end):
+                if obj.symbol != symbol:
+                    continue
+                n = obj.symbol_seq
+                if n > b:
+                    break
+                if n < a:
+                    continue
+                found += 1
+                if n not in gap.have:
+                    row = trade_row(trade_message(seq, obj, source, pos, wal_shard))
+                    mine = self.rows.get((symbol, n))
+                    if mine is not None and mine != row:
+                        raise ConflictError(_differs(symbol, n, mine, row, None, "the engine's WAL"))
+                    self._add(row, None)
+                    self.from_wal.add((symbol, n))
+                    gap.have.add(n)
+                    self.counts.filled_trades += 1
+                if found == wanted:
+                    break
         except (EventStoreError, OSError, ValueError) as exc:
-            problem = f"cannot read the WAL of {self.data_dir}: {exc}"
+            problem = f"cannot fill it from the WAL of {self.s.data_dir}: {exc}"
         else:
-            problem = f"the WAL of {self.data_dir} holds {found} of the {wanted} missing trades"
-        if not self._check_filled(symbol, (a, b), counts):
+            problem = f"the WAL of {self.s.data_dir} holds {found} of the {wanted} missing trades"
+        if not self._check_filled(symbol, gap):
             log.log(logging.DEBUG if retry else logging.WARNING,
                     "gap in %s: symbol_seq %d..%d: %s; left unfilled, will retry", symbol, a, b, problem)
+
+    def _check_filled(self, symbol: str, gap: _Gap) -> bool:
+        if not gap.full():
+            return False
+        self._gaps_of(symbol).remove(gap)
+        self.gaps_closed.append((symbol, gap.a))
+        self.counts.gaps_filled += 1
+        log.info("gap in %s: symbol_seq %d..%d filled", symbol, gap.a, gap.b)
+        return True
+
+    # ------------------------------------------------------------ repeats
+    def check_repeats(self) -> None:
+        """Every repeat must equal the stored trade: one query per symbol.
+
+        Raises:
+            ConflictError: the first repeat that differs.
+        """
+        by_symbol: dict = {}
+        for rec, row in self.repeats:
+            by_symbol.setdefault(row[2], []).append((rec, row))
+        for symbol, items in by_symbol.items():
+            lo = min(row[3] for _, row in items)
+            hi = max(row[3] for _, row in items)
+            stored = {r[3]: tuple(r) for r in self.s.db.query(
+                f"{_SELECT} WHERE symbol = ? AND symbol_seq BETWEEN ? AND ?", (symbol, lo, hi))}
+            for rec, row in items:
+                n = row[3]
+                have = stored.get(n)
+                if have is None:
+                    have = self.rows.get((symbol, n))
+                if have is None:
+                    # at or below the symbol's last symbol_seq, in no open gap, yet not stored: a row
+                    # deleted behind the store's back. Stored again.
+                    log.warning("trade %s symbol_seq %d is missing below the last stored symbol_seq; stored "
+                                "again%s", symbol, n, _where(rec))
+                    self._add(row, rec)
+                    self.counts.repeats -= 1
+                    self.counts.stored += 1
+                elif have != row:
+                    raise ConflictError(_differs(symbol, n, have, row, rec, "the stored trade"))
+
+    def describe_key_conflict(self, exc: BaseException) -> str:
+        """Which row of the batch hit a stored ``(shard, match_id)`` (after the rollback)."""
+        try:
+            by_shard: dict = {}
+            for (shard, match_id), key in self.ids.items():
+                by_shard.setdefault(shard, []).append((match_id, key))
+            for shard, items in by_shard.items():
+                for i in range(0, len(items), 500):
+                    chunk = dict(items[i:i + 500])
+                    marks = ", ".join("?" for _ in chunk)
+                    for _shard, match_id, symbol, n in self.s.db.query(
+                            f"SELECT shard, match_id, symbol, symbol_seq FROM trades WHERE shard = ? AND match_id "
+                            f"IN ({marks})", (shard, *chunk)):
+                        new = chunk[match_id]
+                        if new != (symbol, n):
+                            return (f"trade shard {shard} match_id {match_id} is stored as {symbol} symbol_seq {n}; "
+                                    f"a record brings it as {new[0]} symbol_seq {new[1]}")
+        except Exception:     # the database is gone too: the constraint's own words must do
+            pass
+        return f"a trade's (shard, match_id) or (symbol, symbol_seq) is stored with another body: {exc}"
+
+    # -------------------------------------------------------------- write
+    def write(self, positions: dict) -> None:
+        db = self.s.db
+        db.insert_rows("trades", COLUMNS, list(self.rows.values()))
+        if self.last:
+            db.executemany("INSERT INTO symbols (symbol, last_symbol_seq) VALUES (?, ?) ON CONFLICT (symbol) "
+                           "DO UPDATE SET last_symbol_seq = excluded.last_symbol_seq", sorted(self.last.items()))
+        now = time.time_ns()
+        if self.gaps_found:
+            db.executemany("INSERT INTO gaps (symbol, from_symbol_seq, to_symbol_seq, detected_at_ns, filled) "
+                           "VALUES (?, ?, ?, ?, 0) ON CONFLICT (symbol, from_symbol_seq) DO UPDATE SET "
+                           "to_symbol_seq = excluded.to_symbol_seq, detected_at_ns = excluded.detected_at_ns, "
+                           "filled = 0, filled_at_ns = NULL", [(s, a, b, now) for s, a, b in self.gaps_found])
+        if self.gaps_closed:
+            db.executemany("UPDATE gaps SET filled = 1, filled_at_ns = ? WHERE symbol = ? AND from_symbol_seq = ?",
+                           [(now, s, a) for s, a in self.gaps_closed])
+        if positions:
+            db.executemany("INSERT INTO trade_positions (topic, partition_id, next_offset) VALUES (?, ?, ?) "
+                           "ON CONFLICT (topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset",
+                           [(t, p, o) for (t, p), o in sorted(positions.items())])
+
+    def commit_to_memory(self, positions: dict) -> None:
+        s = self.s
+        s._last.update(self.last)
+        for symbol, gaps in self.gaps.items():
+            if gaps:
+                s._open[symbol] = gaps
+            else:
+                s._open.pop(symbol, None)
+        s.positions.update(positions)
+
+
+def _where(rec: Optional[Record]) -> str:
+    return "" if rec is None else f" (topic {rec.topic} partition {rec.partition} offset {rec.offset})"
+
+
+def _differs(symbol: str, n: int, have: tuple, row: tuple, rec: Optional[Record], what: str) -> str:
+    fields = ", ".join(f"{c}: {a!r} there, {b!r} here" for c, a, b in zip(COLUMNS, have, row) if a != b)
+    return f"trade {symbol} symbol_seq {n}{_where(rec)} differs from {what}: {fields}"
 
 
 # --------------------------------------------------------------------- consumer
@@ -375,189 +756,103 @@ class ConsumerConfig:
 
     Attributes:
         bootstrap_servers: Kafka ``host:port[,host:port...]``.
-        topic: the trades topic.
-        group: the consumer group (its committed offsets are where a restart resumes).
-        db_path: the SQLite file.
+        topic: the trades topic (every partition is read).
+        group: the consumer group the offsets are committed to after each
+            database commit, for lag monitoring only (a restart resumes from
+            the offsets in the database).
+        db_url: ``sqlite:///PATH``, ``postgresql://...`` or a bare path (:func:`open_database`).
         data_dir: the engine's data directory, to fill gaps from its WAL (optional).
-        max_records: most records per batch (one SQLite transaction, one offset commit).
+        max_records: most records per batch (one transaction).
         poll_timeout_ms: how long one poll waits for records; also the longest
             a stop request waits.
         gap_retry_s: while gaps are open, retry filling them at most this often (seconds).
-        session_timeout_ms: a member silent this long is dropped from the group
-            and its partitions go to the others (within the broker's
-            ``group.min.session.timeout.ms`` and ``group.max.session.timeout.ms``).
-        instance_id: a static group member id (``group.instance.id``): a
-            restarted consumer with the same id takes its partitions back at
-            once, instead of after the dead process's session timeout. Give
-            each running consumer of a group its own.
+        idle_exit_s: stop after this long without a record (``None``: until a signal).
     """
 
     bootstrap_servers: str
     topic: str = "trades"
     group: str = "trade-history"
-    db_path: str = "data/trades.sqlite"
+    db_url: str = "sqlite:///data/trades.sqlite"
     data_dir: Optional[str] = None
     max_records: int = 500
     poll_timeout_ms: int = 500
     gap_retry_s: float = 1.0
-    session_timeout_ms: int = 10_000
-    instance_id: Optional[str] = None
+    idle_exit_s: Optional[float] = None
 
 
-@dataclass
-class ConsumerStats:
-    """Totals of one consumer run (the JSON summary printed at exit)."""
+ConsumerStats = LoopStats
+"""A run's stats: the shared loop's (:class:`~engine.consumers.kafka_loop.LoopStats`),
+``counts`` an :class:`ApplyCounts` of the run's totals."""
 
-    records: int = 0
-    stored: int = 0
-    repeats: int = 0
-    malformed: int = 0
-    gaps: int = 0
-    gaps_filled: int = 0
-    filled_trades: int = 0
-    gaps_open: int = 0
-    batches: int = 0
-    commit_failures: int = 0
-    stopped_by: str = ""
-    offsets: dict = field(default_factory=dict)
 
-    def add(self, counts: ApplyCounts) -> None:
-        for k, v in asdict(counts).items():
-            setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+def _add_counts(total: Any, counts: ApplyCounts) -> ApplyCounts:
+    total = total or ApplyCounts()
+    total.add(counts)
+    return total
 
 
 class TradeHistoryConsumer:
-    """Consumes the trades topic into a :class:`TradeStore`.
-
-    Per batch: decode every record (one that is not a trade message is logged
-    with its topic, partition and offset and skipped), store the batch in one
-    SQLite transaction, then commit each partition's offset (last offset + 1)
-    to Kafka. Group offsets are committed only after the database commit, so
-    a crash in between redelivers the batch, which the store recognises as
-    repeats.
-
-    Use :meth:`run` (an ``async`` call) and :meth:`request_stop`.
-    """
+    """The trades topic into a :class:`TradeStore` through the shared
+    :class:`~engine.consumers.kafka_loop.StoreConsumer` (name
+    :data:`NAME`). Use :meth:`run` (an ``async`` call) and :meth:`request_stop`."""
 
     def __init__(self, config: ConsumerConfig) -> None:
         self.config = config
-        self.stats = ConsumerStats()
-        self._stop: Optional[asyncio.Event] = None
-        self._stop_reason: Optional[str] = None
-        crash = os.environ.get(CRASH_ENV)
-        self._crash_after = int(os.environ.get(CRASH_AFTER_BATCHES_ENV, "1")) if crash == CRASH_POINT else None
+        self.store: Optional[TradeStore] = None       # the last store opened (closed once run returns)
+        loop = LoopConfig(name=NAME, bootstrap_servers=config.bootstrap_servers, topics=(config.topic,),
+                          group=config.group, max_records=config.max_records,
+                          poll_timeout_ms=config.poll_timeout_ms, idle_exit_s=config.idle_exit_s,
+                          retry_waiting_s=config.gap_retry_s)
+        self.consumer = StoreConsumer(loop, self._open_store, _add_counts)
+
+    @property
+    def stats(self) -> LoopStats:
+        return self.consumer.stats
+
+    def _open_store(self) -> TradeStore:
+        db = open_database(self.config.db_url)
+        try:
+            store = TradeStore(db, self.config.data_dir, self.config.gap_retry_s)
+        except BaseException:
+            db.close()
+            raise
+        log.info("%s: %s into %s (%d trades stored, %d gaps open)", NAME, self.config.topic,
+                 describe_url(db.url), store.count(), len(store.open_gaps))
+        self.store = store
+        return store
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Stop after the current batch (its database and offset commits included)."""
-        self._stop_reason = self._stop_reason or reason
-        if self._stop is not None:
-            self._stop.set()
+        self.consumer.request_stop(reason)
 
-    def decode(self, record: Any) -> Optional[dict]:
-        """A record's trade message, or ``None`` (logged) when it is not one."""
-        try:
-            if record.value is None:
-                raise ValueError("empty value (tombstone)")
-            trade = decode_trade(record.value)
-            trade_row(trade)
-            return trade
-        except (ValueError, TypeError, RecursionError) as exc:
-            self.stats.malformed += 1
-            shown = record.value[:200] if record.value is not None else None
-            log.warning("skipped a record that is not a trade message: topic %s partition %d offset %d: %s; value %r",
-                        record.topic, record.partition, record.offset, str(exc)[:200], shown)
-            return None
-
-    async def run(self, install_signal_handlers: bool = True) -> ConsumerStats:
-        """Consume until :meth:`request_stop` (or SIGTERM/SIGINT when
-        ``install_signal_handlers``); then commit, close and return the stats.
+    async def run(self, install_signal_handlers: bool = True) -> LoopStats:
+        """Consume until stopped (a signal when ``install_signal_handlers``,
+        :meth:`request_stop`, ``idle_exit_s``, or a :class:`ConflictError`,
+        named in ``stats.error``); return the stats.
 
         Raises:
             aiokafka.errors.KafkaError: the broker cannot be reached at start.
-            sqlite3.Error: the database failed (the batch was not committed to Kafka).
+            SchemaError, ValueError: the database is not a trade history, or
+                its URL is not one.
         """
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.errors import KafkaError
+        return await self.consumer.run(install_signal_handlers)
 
-        cfg = self.config
-        loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        if self._stop_reason is not None:
-            self._stop.set()
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop, sig.name)
-        store = TradeStore(cfg.db_path, cfg.data_dir)
-        consumer = AIOKafkaConsumer(
-            cfg.topic, bootstrap_servers=cfg.bootstrap_servers, group_id=cfg.group,
-            enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-            session_timeout_ms=cfg.session_timeout_ms, group_instance_id=cfg.instance_id,
-            client_id=f"evengine-trades-consumer-{os.getpid()}")
-        last_retry = time.monotonic()
-        try:
-            await consumer.start()
-            log.info("consuming %s as group %s into %s (%d trades stored, %d gaps open)",
-                     cfg.topic, cfg.group, cfg.db_path, store.count(), len(store.open_gaps))
-            while not self._stop.is_set():
-                batches = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_records)
-                if batches:
-                    await self._batch(consumer, store, batches, KafkaError)
-                if store.open_gaps and store.data_dir and time.monotonic() - last_retry >= cfg.gap_retry_s:
-                    last_retry = time.monotonic()
-                    self.stats.add(await asyncio.to_thread(store.retry_gaps))
-        finally:
-            if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
-            try:
-                await consumer.stop()
-            finally:
-                self.stats.gaps_open = len(store.open_gaps)
-                store.close()
-        self.stats.stopped_by = self._stop_reason or "stop requested"
-        return self.stats
-
-    async def _batch(self, consumer: Any, store: TradeStore, batches: dict, kafka_error: type) -> None:
-        trades: list[dict] = []
-        offsets: dict = {}
-        for tp, records in batches.items():
-            if not records:
-                continue
-            for record in records:
-                trade = self.decode(record)
-                if trade is not None:
-                    trades.append(trade)
-            offsets[tp] = records[-1].offset + 1
-            self.stats.records += len(records)
-        if not offsets:
-            return
-        # The database commit first: a worker thread, so heartbeats go on
-        # while SQLite fsyncs or a gap is read from the WAL.
-        self.stats.add(await asyncio.to_thread(store.apply, trades))
-        self.stats.batches += 1
-        if self._crash_after is not None and self.stats.batches >= self._crash_after:
-            log.warning("%s=%s: SIGKILL after the database commit of batch %d, before its offset commit",
-                        CRASH_ENV, CRASH_POINT, self.stats.batches)
-            os.kill(os.getpid(), signal.SIGKILL)
-        try:
-            await consumer.commit(offsets)
-        except kafka_error as exc:
-            # A rebalance took the partitions away: the next owner is handed
-            # these records again and the store counts them as repeats.
-            self.stats.commit_failures += 1
-            log.warning("offset commit failed (%s); the batch will be redelivered and skipped as repeats", exc)
-            return
-        for tp, off in offsets.items():
-            self.stats.offsets[f"{tp.topic}:{tp.partition}"] = off
+    def summary(self) -> dict:
+        """The run's stats and totals as one flat dict (the JSON line printed at exit)."""
+        stats = self.consumer.stats
+        out = stats.as_dict()
+        out.update(asdict(stats.counts if isinstance(stats.counts, ApplyCounts) else ApplyCounts()))
+        if self.store is not None:
+            out["gaps_open"] = len(self.store.open_gaps)
+            out["positions"] = {f"{t}:{p}": o for (t, p), o in sorted(self.store.positions.items())}
+        return out
 
 
-def run_consumer(config: ConsumerConfig) -> ConsumerStats:
+def run_consumer(config: ConsumerConfig) -> LoopStats:
     """Run a :class:`TradeHistoryConsumer` in a new event loop until SIGTERM or
-    SIGINT; print its :class:`ConsumerStats` as one JSON line to stdout and
-    return them."""
-    stats = asyncio.run(TradeHistoryConsumer(config).run())
-    print(json.dumps(stats.as_dict()), flush=True)
+    SIGINT (or idle, or a conflict); print :meth:`TradeHistoryConsumer.summary`
+    as one JSON line to stdout and return the stats."""
+    consumer = TradeHistoryConsumer(config)
+    stats = asyncio.run(consumer.run())
+    print(json.dumps(consumer.summary()), flush=True)
     return stats
