@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -195,6 +196,15 @@ class SettleCounts:
     def add(self, other: "SettleCounts") -> None:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v if k != "held" else v)
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: ``EVENGINE_CRASH_AT=settle-during-gap-fill`` SIGKILLs the
+    process once a gap's records are read from the WAL, inside the batch's
+    transaction (``engine.consumers.kafka_loop`` has the other hooks)."""
+    if os.environ.get("EVENGINE_CRASH_AT") == name:
+        log.warning("EVENGINE_CRASH_AT=%s: SIGKILL", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def digest_of(message: dict) -> str:
@@ -514,6 +524,7 @@ class _Plan:
         if found < b - a + 1:
             raise GapError(f"ledger_seq {a}..{b} of shard {shard} are missing and the WAL of {data_dir} holds "
                            f"{found} of them: is it this shard's data directory?")
+        _crash_point("settle-during-gap-fill")
         counts.filled_from_wal += found
         return True
 
@@ -631,6 +642,7 @@ class _Plan:
         if found < b - a + 1:
             raise GapError(f"trades {a}..{b} of {symbol} are missing and the WAL of {data_dir} holds {found} of "
                            f"them: is it the data directory of shard {shard}?")
+        _crash_point("settle-during-gap-fill")
         counts.filled_from_wal += found
         return True
 
