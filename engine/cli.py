@@ -183,11 +183,12 @@ def start(
 
 
 def _trade_printer() -> Any:
-    from engine.core import Kind, to_json
+    from engine.core import Kind
+    from engine.io.names import event_json
 
     def sink(cmd_seq: int, cmd: Any, events: list) -> None:
         for i, e in enumerate(x for x in events if x[0] == Kind.TRADE):
-            print(json.dumps(to_json(cmd_seq + 1 + i, e)), flush=True)
+            print(json.dumps(event_json(cmd_seq + 1 + i, e)), flush=True)
     return sink
 
 
@@ -338,15 +339,17 @@ def replay(
     to_seq: Optional[int] = typer.Option(None, "--to-seq", help="Last sequence number (inclusive; default: the end)."),
     data_dir: str = DataDir,
 ) -> None:
-    """Print the WAL's events, one JSON object per line with seq and type."""
+    """Print the WAL's events, one JSON object per line: seq, kind (the code)
+    and type (its name), the fields, and a reject's reason_name beside its
+    reason code."""
     _require_data(data_dir)
-    from engine.core import to_json
+    from engine.io.names import event_json
     from eventstore import EventStoreError
     from recovery import open_data_dir
     out = sys.stdout
     try:
         for seq, obj in open_data_dir(data_dir).events(from_seq, to_seq):
-            out.write(json.dumps(to_json(seq, obj)) + "\n")
+            out.write(json.dumps(event_json(seq, obj)) + "\n")
     except EventStoreError as exc:
         out.flush()
         _fail(str(exc))
@@ -434,9 +437,29 @@ def order(
     if len(life) == 0:
         _fail(f"no order {order_id} in {symbol}'s history")
     if json_out:
-        print(life.to_json(orient="records", date_format="iso"))
+        print(_order_json(life))
     else:
         typer.echo(life.to_string(index=False))
+
+
+_ORDER_REASON_KINDS = {"rejected": 65, "cancelled": 67}   # order-life event -> the event kind its reason is of
+
+
+def _order_json(life: Any) -> str:
+    """``evengine order --json``: the life's records, each with ``reason`` (the
+    code) and ``reason_name`` after ``detail``: a reject's (``detail`` is its
+    code) or a cancel's (``detail`` its name in lower case); ``null`` on the
+    other events."""
+    from engine.io.names import reason_code, reason_name
+    records = json.loads(life.to_json(orient="records", date_format="iso"))
+    for r in records:
+        kind = _ORDER_REASON_KINDS.get(r.get("event"))
+        code = reason_code(kind, r.get("detail")) if kind is not None else None
+        if r.get("event") == "rejected" and code is not None:
+            r["detail"] = code          # 300, not the 300.0 of a column of codes and nulls
+        r["reason"] = code
+        r["reason_name"] = reason_name(kind, code) if code is not None else None
+    return json.dumps(records, separators=(",", ":"))
 
 
 @app.command()

@@ -216,3 +216,62 @@ def test_accounts_only_for_a_synthetic_source(tmp_path):
     proc = ev("start", "--source", f"lobster:{messages}", "--accounts", "5", "--data-dir", str(tmp_path / "d"),
               check=False)
     assert proc.returncode == 2 and "--accounts applies to synthetic sources only" in proc.stderr
+
+
+# ------------------------------------------------ names beside codes (engine.io.names)
+def _replay(data_dir) -> list:
+    return [json.loads(line) for line in ev("replay", "--data-dir", str(data_dir)).stdout.splitlines()]
+
+
+def test_replay_names_every_kind_and_every_reject_reason(tmp_path):
+    from engine.core import KIND_NAMES, RejectReason
+    run_to_end(tmp_path, "synthetic:5000:3", "--accounts", "50")
+    events = _replay(tmp_path)
+    assert all(list(e)[:3] == ["seq", "kind", "type"] and e["type"] == KIND_NAMES[e["kind"]] for e in events)
+    rejected = [e for e in events if e["type"] == "rejected"]
+    assert rejected and all(e["kind"] == 65 for e in rejected)
+    assert all(e["reason_name"] == RejectReason(e["reason"]).name for e in rejected)
+    assert {e["reason_name"] for e in rejected} == {"UNKNOWN_ORDER", "INSUFFICIENT_FUNDS"}
+    one = next(e for e in rejected if e["reason"] == 400)
+    keys = list(one)
+    assert keys[keys.index("reason") + 1] == "reason_name" and one["reason_name"] == "INSUFFICIENT_FUNDS"
+    assert all("reason_name" not in e for e in events if e["type"] != "rejected")
+
+
+def test_replay_names_a_malformed_rows_reject(tmp_path):
+    msgs = tmp_path / "TEST_2012-06-21_34200000_57600000_message_1.csv"
+    msgs.write_text("34200.1,1,11,100,5000000,1\ngarbage line\n34200.6,3,11,100,5000000,1\n")
+    run_to_end(tmp_path / "d", f"lobster:{msgs}")
+    (rej,) = [e for e in _replay(tmp_path / "d") if e["type"] == "rejected"]
+    assert (rej["kind"], rej["reason"], rej["reason_name"]) == (65, 100, "MALFORMED")
+
+
+def test_order_json_names_reject_and_cancel_reasons(tmp_path):
+    run_to_end(tmp_path, "synthetic:5000:3", "--accounts", "50")
+    events = _replay(tmp_path)
+    refused = next(e for e in events if e["type"] == "rejected" and e["reason"] == 400)
+    cancel = next(e for e in events if e["type"] == "cancel"
+                  and not any(r["type"] == "rejected" and r["cmd_seq"] == e["seq"] for r in events))
+
+    def life(order_id: int) -> list:
+        return json.loads(ev("order", str(order_id), "--data-dir", str(tmp_path), "--symbol", "SYN",
+                             "--json").stdout)
+    rows = life(refused["order_id"])
+    (rej,) = [r for r in rows if r["event"] == "rejected"]
+    assert (rej["detail"], rej["reason"], rej["reason_name"]) == (400, 400, "INSUFFICIENT_FUNDS")
+    rows = life(cancel["order_id"])
+    (cxl,) = [r for r in rows if r["event"] == "cancelled"]
+    assert (cxl["detail"], cxl["reason"], cxl["reason_name"]) == ("user", 1, "USER")
+    assert all(r["reason"] is None and r["reason_name"] is None for r in rows
+               if r["event"] not in ("rejected", "cancelled"))
+    assert list(rows[0])[-3:] == ["detail", "reason", "reason_name"]
+
+
+def test_print_trades_lines_carry_kind_and_type(tmp_path):
+    out = ev("start", "--source", "synthetic:3000:4", "--data-dir", str(tmp_path), "--no-progress", "--json",
+             "--print-trades").stdout.splitlines()
+    summary, trades = json.loads(out[-1]), [json.loads(line) for line in out[:-1]]
+    assert len(trades) == summary["trades"] > 0
+    assert all(list(t)[:3] == ["seq", "kind", "type"] and (t["kind"], t["type"]) == (64, "trade") for t in trades)
+    logged = {e["seq"]: e for e in _replay(tmp_path) if e["type"] == "trade"}
+    assert {t["seq"]: t for t in trades} == logged

@@ -29,7 +29,6 @@ HEADER = ",".join(COLUMNS)
 BUY, SELL = 1, 2
 LOT = 10**8  # lots per BTC
 MS = 1_000_000  # ns per ms
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "bitstamp"
 
 
 def row(order_id: int, price: str, volume: str, action: str, direction: str,
@@ -376,10 +375,9 @@ def test_resume_after_each_position_gives_the_same_commands_and_state(tmp_path):
 # --------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
 def real_run():
-    data_path("bitstamp", "orders.csv.gz")
-    data_path("bitstamp", "trades.csv")
+    orders, trades = data_path("bitstamp", "orders.csv.gz"), data_path("bitstamp", "trades.csv")
     matcher = Matcher()
-    result = compare_trades(DATA / "orders.csv.gz", DATA / "trades.csv", matcher=matcher)
+    result = compare_trades(orders, trades, matcher=matcher)
     print(result)
     return result, matcher
 
@@ -401,7 +399,7 @@ def test_real_capture_reproduces_bitstamp_trades(real_run):
 
 def test_real_capture_resumed_midway_gives_the_same_trades(real_run):
     _result, full = real_run
-    path = DATA / "orders.csv.gz"
+    path = data_path("bitstamp", "orders.csv.gz")
     first = Matcher()
     for cmd in BitstampSource(path).commands(first, None):
         first.apply(first.last_seq + 1, cmd)

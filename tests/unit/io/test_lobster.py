@@ -25,7 +25,6 @@ from engine.io.lobster import (DUMMY_ASK_PRICE, DUMMY_BID_PRICE, RESYNC_ID_BASE,
                                parse_message, parse_orderbook_row, synthetic_kind)
 from engine.io.lobster_check import lobster_check
 
-DATA = Path(__file__).parents[3].parent / "shared/data/lobster"
 L = 3
 T0 = 34_200_000_000_000
 _PLACE, _CANCEL, _AMEND, _BAD = Kind.PLACE.value, Kind.CANCEL.value, Kind.AMEND.value, Kind.BAD_INPUT.value
@@ -678,9 +677,9 @@ def test_close_releases_the_files_of_an_unfinished_run(tmp_path):
 
 # --------------------------------------------------------------- real data
 def real_day(symbol: str) -> tuple[Path, Path]:
-    data_path("lobster")
+    day = data_path("lobster")
     stem = f"{symbol}_2012-06-21_34200000_57600000_{{}}_10.csv"
-    return DATA / stem.format("message"), DATA / stem.format("orderbook")
+    return day / stem.format("message"), day / stem.format("orderbook")
 
 
 @pytest.mark.parametrize("symbol", ["AAPL", "GOOG"])
