@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from engine.core import Matcher
+from engine.core import CancelReason, Matcher
 
 from .keyframes import Cursor
 from .time_travel import History, to_ns
@@ -43,7 +43,7 @@ ORDER_COLUMNS = ["seq", "ts", "event", "price", "qty", "leaves_qty", "counterpar
                  "counterparty_account", "match_id", "rank", "qty_ahead"]
 _SIDES = {1: "bid", 2: "ask"}
 _ORDER_SIDES = {1: "buy", 2: "sell"}
-_CANCEL_REASONS = {1: "user", 2: "ioc_remainder", 3: "fok_unfilled", 4: "no_liquidity"}
+_CANCEL_REASONS = {r.value: r.name.lower() for r in CancelReason}
 
 
 def _ts(ns: Any) -> Any:
