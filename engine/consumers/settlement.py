@@ -198,6 +198,23 @@ class SettleCounts:
             setattr(self, k, getattr(self, k) + v if k != "held" else v)
 
 
+_TRADE_INTS = ("seq", "cmd_seq", "ts_ns", "price", "qty", "maker_order_id", "taker_order_id", "maker_account",
+               "taker_account")
+
+
+def _incomplete_trade(msg: dict) -> str:
+    """Why a decoded trade cannot be settled (a field missing or of the
+    wrong type), or ``""``: ``decode_trade`` checks only its keys."""
+    if msg["match_id"] < 1 or msg["symbol_seq"] < 1:
+        return "match_id and symbol_seq must be positive"
+    for k in _TRADE_INTS:
+        if type(msg.get(k)) is not int:
+            return f"{k} must be an integer"
+    if msg.get("taker_side") not in ("buy", "sell"):
+        return "taker_side must be buy or sell"
+    return ""
+
+
 def _crash_point(name: str) -> None:
     """Test hook: ``EVENGINE_CRASH_AT=settle-during-gap-fill`` SIGKILLs the
     process once a gap's records are read from the WAL, inside the batch's
@@ -367,6 +384,12 @@ class SettlementStore:
             if topic == ledger_topic:
                 ledger_in.setdefault(msg["shard"], []).append((rec, msg, digest_of(msg)))
             else:
+                bad = _incomplete_trade(msg)
+                if bad:
+                    counts.malformed += 1
+                    log.warning("skipped record %s[%d] offset %d: not a whole trade message: %s", rec.topic,
+                                rec.partition, rec.offset, bad)
+                    continue
                 trades_in.append((rec, msg, digest_of(msg)))
         try:
             with self.db.transaction():

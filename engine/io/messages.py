@@ -344,12 +344,14 @@ def decode_ledger(value: bytes) -> dict:
     """A ``ledger`` value back to its dict.
 
     Raises:
-        ValueError: not a ledger message (not JSON, or ``ledger_seq``,
-            ``account``, the deltas and balances not integers, ``asset`` not
-            a string, ``reason`` not a known name).
+        ValueError: not a ledger message (not JSON, or ``ledger_seq`` not a
+            positive integer, ``cmd_seq``, ``ts_ns``, ``account``, the deltas,
+            balances and ``ref`` not integers, ``asset`` not a string,
+            ``reason`` not a known name).
     """
     obj = orjson.loads(value)
-    if not (isinstance(obj, dict) and type(obj.get("ledger_seq")) is int and type(obj.get("cmd_seq")) is int
+    if not (isinstance(obj, dict) and type(obj.get("ledger_seq")) is int and obj["ledger_seq"] > 0
+            and type(obj.get("cmd_seq")) is int and type(obj.get("ts_ns")) is int
             and type(obj.get("account")) is int and type(obj.get("available_delta")) is int
             and type(obj.get("held_delta")) is int and type(obj.get("available")) is int
             and type(obj.get("held")) is int and type(obj.get("ref")) is int
