@@ -9,14 +9,26 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
   ``POST /withdrawals``: order entry through an
   :class:`~engine.gateway.entry.OrderEntry`. Embedded: 200 once durable,
   409/422 for a matcher reject (the reject is in the WAL too). Kafka: 202
-  once the broker acknowledged. 422 for a body that does not validate
-  (nothing reaches the engine), 503 when the backend is unavailable, 401
-  without the token when one is set.
+  once the broker acknowledged. 422 for a body that does not validate or
+  does not parse (nothing reaches the engine), 503 when the backend is
+  unavailable, 401 without the token when one is set.
 - ``GET /books/{symbol}?depth=10``, ``GET /trades?symbol=&limit=100``,
   ``GET /accounts/{account}``, ``GET /health``: reads of the engine ``view``
   (an ``EngineRuntime``), never ahead of the disk; 503 without a view.
 - ``WS /ws/market-data?symbols=A,B``: trades and top-of-book changes
   (``engine/gateway/market_data.py``).
+
+The OpenAPI document is a contract, checked by ``tests/contract`` (schemathesis
+against a live gateway): it names every status a route can answer with the
+body of each, declares the bearer scheme only when the gateway has a token
+(and then only on the routes that check it), gives every integer its exact
+range, and states the rules between fields as JSON Schema (``allOf`` of
+``if``/``then``) where JSON Schema can. The few it cannot (``base`` differs
+from ``quote``; ``maker_fee_ppm <= taker_fee_ppm``; the rules that depend on
+the engine's state: a price on the book's tick, a market buy's budget in a
+book with risk on, the total of an asset's deposits) are in the descriptions
+and listed per route under ``x-schema-valid-422``: the only 422 answers a
+schema-valid request can get.
 
 Units: prices in price units (integer multiples of the book's ``tick_size``),
 quantities in lots, times in ns since the epoch, ``seq`` the WAL sequence
@@ -30,28 +42,92 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
+import math
+import re
 import socket
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, WebSocket
+from annotated_types import Interval
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, WebSocket
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from engine.core.types import MAX_FEE_PPM, MAX_ORDER_ID
+from engine.core.types import MAX_AMOUNT, MAX_FEE_PPM, MAX_ORDER_ID, MAX_PRICE, MAX_QTY, RejectReason
 
-from .entry import EntryUnavailable, OrderEntry, OrderIds
+from .entry import EmbeddedEntry, EntryUnavailable, KafkaEntry, OrderEntry, OrderIds
 from .market_data import MarketDataHub, trade_dict
 
 __all__ = ["create_app", "serve", "check_bind", "GatewayServer", "PlaceBody", "AmendBody", "SymbolBody",
-           "AssetBody", "TransferBody"]
+           "AssetBody", "TransferBody", "SCHEMA_VALID_422"]
 
 log = logging.getLogger("evengine.gateway")
 
 MAX_INT64 = 2**63 - 1
 MAX_SYMBOLS_PER_CLIENT = 1000
+
+# ------------------------------------------------------------------ integers
+
+# JSON Schema's "integer" is a value, not a spelling: 6.0 is the integer 6. A
+# JSON number is read as a float when it has a fraction or an exponent, and a
+# float is exact only up to 2**53: beyond that, 9007199254740993.0 reads as
+# ...992. So a whole float is taken as the integer it is up to 2**53, and
+# refused (422, ``int_inexact``) above, where only a plain JSON integer is
+# exact. Booleans and strings are never integers (the bodies are strict).
+_EXACT_FLOAT = 2**53
+WHOLE_FLOATS = ("a number written with a fraction or an exponent (6.0, 6e0) is taken when it is a whole "
+                "number of magnitude <= 2**53 (an exact float); beyond that only a JSON integer is read "
+                "exactly, and anything else is refused (422, int_inexact)")
+
+
+def _whole(value: Any) -> Any:
+    if type(value) is float and value.is_integer():
+        if -_EXACT_FLOAT <= value <= _EXACT_FLOAT:
+            return int(value)
+        raise PydanticCustomError("int_inexact", "a whole number beyond 2**53 must be written as a JSON integer "
+                                                 "(no fraction, no exponent) to be read exactly")
+    return value
+
+
+# A path segment names an integer in ASCII digits, with at most a zero
+# fraction: "7.0" is how a whole JSON number taken from a body (see above)
+# prints, and the integer 7. int() alone would also take "+7", " 7", "7_0" and
+# "٧", none of which is an integer in the document.
+_DIGITS = re.compile(r"([0-9]{1,25})(?:\.0{1,25})?\Z")
+PATH_INTEGERS = "ASCII digits, at most with a zero fraction (7 or 7.0)"
+
+
+def _path_digits(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _DIGITS.match(value)
+        if match is None:
+            raise PydanticCustomError("int_parsing", f"Input should be a valid integer: {PATH_INTEGERS}")
+        return match.group(1)
+    return value
+
+
+# The range first, then the digits check around it (paths and queries): the other way round,
+# pydantic writes the range as "ge"/"le", which JSON Schema does not know.
+SymbolPath = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[^/]+$",
+                                 description="the order book's symbol, one path segment (a symbol with '/' "
+                                             "cannot be named in a path)")]
+OrderIdPath = Annotated[int, Interval(ge=1, le=MAX_ORDER_ID), BeforeValidator(_path_digits),
+                        Path(description=f"the order's id, 1..2**63-1; {PATH_INTEGERS}")]
+AccountPath = Annotated[int, Interval(ge=0, le=MAX_INT64), BeforeValidator(_path_digits),
+                        Path(description=f"the account, 0..2**63-1; {PATH_INTEGERS}")]
+DepthQuery = Annotated[int, Interval(ge=1, le=10_000), BeforeValidator(_path_digits),
+                       Query(description=f"price levels per side, 1..10000; {PATH_INTEGERS}")]
+LimitQuery = Annotated[int, Interval(ge=1, le=10_000), BeforeValidator(_path_digits),
+                       Query(description=f"at most this many trades, 1..10000; {PATH_INTEGERS}")]
 
 # ------------------------------------------------------------------ bodies
 
@@ -59,22 +135,63 @@ MAX_SYMBOLS_PER_CLIENT = 1000
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers(cls, v: Any) -> Any:
+        return _whole(v)
+
+
+_NO_SURROGATES = "strings are Unicode text: one with a lone surrogate (\\ud800) is refused (422)"
+
+# Cross-field rules of a new order, as JSON Schema (OpenAPI 3.1 is JSON Schema
+# 2020-12). Absent and null are the same for the optional fields.
+_PLACE_RULES = [
+    {"if": {"required": ["order_type"], "properties": {"order_type": {"const": "market"}}},
+     "then": {"description": "a market order: no price (absent, null or 0), tif ioc or fok, not post_only",
+              "properties": {"price": {"enum": [0, None]}, "tif": {"enum": ["ioc", "fok", None]},
+                             "post_only": {"const": False}}},
+     "else": {"description": "a limit order: a price >= 1, no max_quote",
+              "required": ["price"],
+              "properties": {"price": {"type": "integer", "minimum": 1}, "max_quote": {"const": 0}}}},
+    {"if": {"required": ["post_only"], "properties": {"post_only": {"const": True}}},
+     "then": {"description": "post_only needs tif gtc", "properties": {"tif": {"enum": ["gtc", None]}}}},
+    {"if": {"properties": {"side": {"const": "sell"}}},
+     "then": {"description": "only a buy takes a budget", "properties": {"max_quote": {"const": 0}}}},
+]
+
 
 class PlaceBody(_Strict):
-    """A new order. Strict: integers must be JSON integers, unknown fields are refused."""
+    """A new order. Strict: integers must be JSON integers (or whole numbers,
+    see below), unknown fields are refused.
+
+    Rules between fields (in the schema, ``allOf``): a limit order (the
+    default) needs ``price`` >= 1 and takes no ``max_quote``; a market order
+    takes no price (absent, null or 0), ``tif`` ioc or fok (default ioc) and
+    no ``post_only``; ``post_only`` needs ``tif`` gtc; only a market buy takes
+    a ``max_quote``. Rules of the book, which a schema cannot know (a matcher
+    reject, 422, in the WAL): the price must be a multiple of the book's
+    ``tick_size`` (``PRICE_OFF_TICK``), and a market buy in a book with risk
+    on needs ``max_quote`` > 0 (``INVALID_BUDGET``)."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": _PLACE_RULES, "examples": [
+        {"symbol": "AAPL", "order_id": 17, "side": "buy", "price": 10050, "qty": 100, "account": 3},
+        {"symbol": "AAPL", "side": "sell", "order_type": "market", "qty": 7, "tif": "fok"},
+        {"symbol": "BTCUSD", "side": "buy", "order_type": "market", "qty": 1, "account": 7, "max_quote": 1000}]})
 
     symbol: str = Field(min_length=1, max_length=32, description="the order book's symbol")
     order_id: Optional[int] = Field(None, ge=1, le=MAX_ORDER_ID,
-                                    description="unique among the symbol's live orders; the gateway assigns one "
-                                                "when absent (see the answer)")
+                                    description="1..2**63-1, unique among the symbol's live orders; the gateway "
+                                                "assigns one when absent or null (see the answer)")
     side: Literal["buy", "sell"]
     order_type: Literal["limit", "market"] = "limit"
     tif: Optional[Literal["gtc", "ioc", "fok"]] = Field(
-        None, validate_default=True, description="time in force; default gtc, for a market order ioc")
-    price: Optional[int] = Field(None, ge=0, le=MAX_INT64, validate_default=True,
-                                 description="limit price in price units (> 0, a multiple of the tick size); "
-                                             "absent or 0 for a market order")
-    qty: int = Field(ge=1, le=MAX_INT64, description="lots")
+        None, validate_default=True, description="time in force; absent or null: gtc, for a market order ioc; "
+                                                 "a market order is ioc or fok")
+    price: Optional[int] = Field(None, ge=0, le=MAX_PRICE, validate_default=True,
+                                 description=f"limit price in price units, 1..{MAX_PRICE} and a multiple of the "
+                                             "book's tick size (else PRICE_OFF_TICK, 422); required for a limit "
+                                             "order; absent, null or 0 for a market order")
+    qty: int = Field(ge=1, le=MAX_QTY, description=f"lots, 1..{MAX_QTY}")
     post_only: bool = Field(False, validate_default=True,
                             description="rejected instead of taking liquidity; limit gtc orders only")
     account: int = Field(0, ge=0, le=MAX_INT64,
@@ -82,10 +199,10 @@ class PlaceBody(_Strict):
                                      "available balance must cover the order (a buy holds qty x (price x "
                                      "quote_per_tick + taker fee) quote units, a sell qty x base_per_lot base "
                                      "units), else INSUFFICIENT_FUNDS")
-    max_quote: int = Field(0, ge=0, le=MAX_INT64,
+    max_quote: int = Field(0, ge=0, le=MAX_AMOUNT,
                            description="a market buy's budget in the quote asset's smallest units (10**-scale), "
                                        "fees included; 0: none. Required (> 0) for a market buy in a book with "
-                                       "risk on; only a market buy takes one")
+                                       "risk on (else INVALID_BUDGET, 422); only a market buy takes one")
 
     @field_validator("tif")
     @classmethod
@@ -125,10 +242,32 @@ class PlaceBody(_Strict):
 class AmendBody(_Strict):
     """New price and new leaves quantity of a resting order. Same price and a
     smaller qty keep time priority; otherwise the order loses it (and may
-    trade if the new price crosses)."""
+    trade if the new price crosses). The price must be a multiple of the
+    book's tick size (else ``PRICE_OFF_TICK``, 422)."""
 
-    price: int = Field(ge=1, le=MAX_INT64, description="price units")
-    qty: int = Field(ge=1, le=MAX_INT64, description="new leaves quantity, lots")
+    model_config = ConfigDict(json_schema_extra={"examples": [{"price": 10055, "qty": 60}]})
+
+    price: int = Field(ge=1, le=MAX_PRICE, description=f"price units, 1..{MAX_PRICE}, on the book's tick")
+    qty: int = Field(ge=1, le=MAX_QTY, description=f"new leaves quantity, lots, 1..{MAX_QTY}")
+
+
+_ASSET_STRING = {"type": "string"}
+_SYMBOL_RULES = [
+    {"if": {"required": ["base"], "properties": {"base": _ASSET_STRING}},
+     "then": {"description": "base and quote: both or neither", "required": ["quote"],
+              "properties": {"quote": _ASSET_STRING}}},
+    {"if": {"required": ["quote"], "properties": {"quote": _ASSET_STRING}},
+     "then": {"description": "base and quote: both or neither", "required": ["base"],
+              "properties": {"base": _ASSET_STRING}}},
+    {"if": {"required": ["risk"], "properties": {"risk": {"const": True}}},
+     "then": {"description": "risk on needs base and quote", "required": ["base", "quote"],
+              "properties": {"base": _ASSET_STRING, "quote": _ASSET_STRING}}},
+]
+
+#: Error types of the body rules JSON Schema cannot state (a comparison of two
+#: fields): the only request-validation 422s a schema-valid body can get.
+DISTINCT_ASSETS = "distinct_assets"
+FEE_ORDER = "fee_order"
 
 
 class SymbolBody(_Strict):
@@ -138,24 +277,38 @@ class SymbolBody(_Strict):
     ``price`` moves ``qty * base_per_lot`` base units one way and
     ``price * qty * quote_per_tick`` quote units (plus fees) the other way,
     amounts in the assets' smallest units (``10**-scale``). Without them the
-    book is one of market data: no assets, no fees, risk off."""
+    book is one of market data: no assets, no fees, risk off.
+
+    Rules between fields: ``base`` and ``quote`` both or neither, and
+    ``risk`` on needs both (in the schema, ``allOf``); two rules JSON Schema
+    cannot state, refused with a 422 of their own error type:
+    ``base`` != ``quote`` (``distinct_assets``) and ``maker_fee_ppm`` <=
+    ``taker_fee_ppm`` (``fee_order``). An asset that was never added is a
+    matcher reject, ``UNKNOWN_ASSET`` (409)."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": _SYMBOL_RULES, "examples": [
+        {"symbol": "AAPL", "tick_size": 5},
+        {"symbol": "BTCUSD", "tick_size": 1, "base": "BTC", "quote": "USD", "quote_per_tick": 1, "base_per_lot": 1,
+         "maker_fee_ppm": 500, "taker_fee_ppm": 1000, "risk": True, "fee_account": 1}]})
 
     symbol: str = Field(min_length=1, max_length=32)
-    tick_size: int = Field(1, ge=1, le=MAX_INT64, description="smallest price step, price units")
+    tick_size: int = Field(1, ge=1, le=MAX_PRICE, description=f"smallest price step, price units, 1..{MAX_PRICE}")
     base: Optional[str] = Field(None, min_length=1, max_length=16,
                                 description="the asset bought and sold (added with POST /assets first); "
-                                            "base and quote: both or neither")
+                                            "base and quote: both or neither (absent and null are the same), "
+                                            "and two different assets")
     quote: Optional[str] = Field(None, min_length=1, max_length=16, validate_default=True,
-                                 description="the asset prices are paid in (added with POST /assets first)")
-    quote_per_tick: int = Field(1, ge=1, le=MAX_INT64,
+                                 description="the asset prices are paid in (added with POST /assets first); "
+                                             "not the base")
+    quote_per_tick: int = Field(1, ge=1, le=MAX_AMOUNT,
                                 description="quote units (10**-scale) one price unit of one lot is worth")
-    base_per_lot: int = Field(1, ge=1, le=MAX_INT64, description="base units (10**-scale) in one lot")
+    base_per_lot: int = Field(1, ge=1, le=MAX_AMOUNT, description="base units (10**-scale) in one lot")
     maker_fee_ppm: int = Field(0, ge=0, le=MAX_FEE_PPM,
                                description="maker fee, parts per million of the notional, paid in the quote "
-                                           "asset, rounded up; <= taker_fee_ppm")
+                                           "asset, rounded up; <= taker_fee_ppm (else 422, fee_order)")
     taker_fee_ppm: int = Field(0, ge=0, le=MAX_FEE_PPM, validate_default=True,
                                description="taker fee, parts per million of the notional, paid in the quote "
-                                           "asset, rounded up")
+                                           "asset, rounded up; >= maker_fee_ppm")
     risk: bool = Field(False, validate_default=True,
                        description="pre-trade risk: every order must be covered by its account's available "
                                    "balance and holds it while open; needs base and quote")
@@ -168,7 +321,7 @@ class SymbolBody(_Strict):
         if (v is None) != (base is None) and "base" in info.data:
             raise ValueError("base and quote must both be asset names, or both be absent")
         if v is not None and v == base:
-            raise ValueError("base and quote must be two different assets")
+            raise PydanticCustomError(DISTINCT_ASSETS, "base and quote must be two different assets")
         return v
 
     @field_validator("taker_fee_ppm")
@@ -176,7 +329,7 @@ class SymbolBody(_Strict):
     def _fees(cls, v: int, info: ValidationInfo) -> int:
         maker = info.data.get("maker_fee_ppm")
         if maker is not None and maker > v:
-            raise ValueError("maker_fee_ppm must not exceed taker_fee_ppm")
+            raise PydanticCustomError(FEE_ORDER, "maker_fee_ppm must not exceed taker_fee_ppm")
         return v
 
     @field_validator("risk")
@@ -192,6 +345,8 @@ class AssetBody(_Strict):
     withdrawals, balances, budgets) are integers in its smallest unit,
     ``10**-scale`` (USD with scale 2: cents; BTC with scale 8: satoshi)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"asset": "USD", "scale": 2}]})
+
     asset: str = Field(min_length=1, max_length=16, description="the asset's name, e.g. USD")
     scale: int = Field(ge=0, le=18, description="decimals: one unit of an amount is 10**-scale of the asset")
 
@@ -203,19 +358,25 @@ class TransferBody(_Strict):
     (deposits and withdrawals share one id space) is rejected,
     ``TRANSFER_CONFLICT``."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"transfer_id": 1, "account": 7, "asset": "USD",
+                                                               "amount": 100_000}]})
+
     transfer_id: int = Field(ge=1, le=MAX_INT64, description="the client's idempotency key, 1..2**63-1")
     account: int = Field(ge=0, le=MAX_INT64, description="the account, 0..2**63-1")
     asset: str = Field(min_length=1, max_length=16, description="an asset added with POST /assets")
-    amount: int = Field(ge=1, le=MAX_INT64,
-                        description="the asset's smallest units (10**-scale), > 0; a withdrawal takes it from "
-                                    "the available balance (held funds are not withdrawable)")
+    amount: int = Field(ge=1, le=MAX_AMOUNT,
+                        description="the asset's smallest units (10**-scale), 1..2**63-1; a withdrawal takes it "
+                                    "from the available balance (held funds are not withdrawable); the deposits "
+                                    "of one asset may not exceed 2**63-1 units in all (else INVALID_AMOUNT, 422)")
 
 
 # ------------------------------------------------------------ answer models (docs)
 
+_REJECT_NAMES = [r.name for r in RejectReason]
+
 
 class Fill(BaseModel):
-    seq: int
+    seq: int = Field(description="the trade's WAL sequence number")
     match_id: int
     price: int
     qty: int
@@ -224,24 +385,42 @@ class Fill(BaseModel):
 
 
 class Reject(BaseModel):
-    code: int = Field(description="RejectReason code: 1xx malformed field, 2xx state conflict, 3xx own "
-                                  "instructions, 4xx pre-trade risk (400 INSUFFICIENT_FUNDS)")
-    reason: str = Field(description="RejectReason name")
+    code: int = Field(ge=100, le=499,
+                      description="RejectReason code: 1xx malformed field (422), 2xx state conflict, 3xx own "
+                                  "instructions, 4xx pre-trade risk (400 INSUFFICIENT_FUNDS) (409)")
+    reason: str = Field(description="RejectReason name", json_schema_extra={"enum": _REJECT_NAMES})
     detail: str
 
 
 class OrderAnswer(BaseModel):
+    """The answer to a new order, a cancel or an amend."""
+
     seq: int = Field(description="the command's WAL sequence number")
     durable_seq: int = Field(description="WAL watermark when answered")
     symbol: str
-    order_id: Optional[int]
-    status: Literal["resting", "filled", "partially_filled", "cancelled", "amended", "added", "rejected"]
+    order_id: int = Field(description="the order's id (the gateway's when the new order had none)")
+    status: Literal["resting", "filled", "partially_filled", "cancelled", "amended", "rejected"]
     fills: list[Fill]
     filled_qty: int
     leaves_qty: int = Field(description="lots left resting on the book")
     cancelled_qty: int = Field(description="lots that left the book unfilled")
     reject: Optional[Reject]
-    tick_size: Optional[int] = None
+
+
+class SymbolAnswer(BaseModel):
+    """The answer to a new order book (the shape of :class:`OrderAnswer`)."""
+
+    seq: int = Field(description="the command's WAL sequence number")
+    durable_seq: int = Field(description="WAL watermark when answered")
+    symbol: str
+    order_id: None = Field(description="always null: a book is no order")
+    status: Literal["added", "rejected"]
+    fills: list[Fill] = Field(max_length=0, description="always empty")
+    filled_qty: Literal[0]
+    leaves_qty: Literal[0]
+    cancelled_qty: Literal[0]
+    reject: Optional[Reject]
+    tick_size: int
 
 
 class AssetAnswer(BaseModel):
@@ -267,7 +446,7 @@ class TransferAnswer(BaseModel):
     available: int = Field(description="the account's available balance in the asset right after this command, "
                                        "smallest units (10**-scale)")
     reject: Optional[Reject] = Field(description="INSUFFICIENT_FUNDS, UNKNOWN_ASSET, TRANSFER_CONFLICT (409); "
-                                                 "1xx codes (422)")
+                                                 "INVALID_AMOUNT (422)")
 
 
 class BalanceOut(BaseModel):
@@ -290,18 +469,23 @@ class Queued(BaseModel):
     topic: str
     partition: int
     offset: int
-    type: str
+    type: Literal["place", "cancel", "amend", "add_symbol", "add_asset", "deposit", "withdraw"]
     symbol: Optional[str] = Field(description="null for a transfer or an asset")
-    order_id: Optional[int]
+    order_id: Optional[int] = Field(description="null but for a place, cancel or amend")
     transfer_id: Optional[int] = Field(None, description="deposits and withdrawals")
     asset: Optional[str] = Field(None, description="deposits, withdrawals and assets")
+
+
+# [price, qty]: a list of two, not a tuple (prefixItems), which schemathesis
+# 4.32 reads as the draft-4 "items" array and refuses.
+_Level = Annotated[list[int], Field(min_length=2, max_length=2)]
 
 
 class BookOut(BaseModel):
     symbol: str
     seq: int = Field(description="the book is the state right after this WAL sequence number, which is durable")
-    bids: list[list[int]] = Field(description="[[price, qty], ...], best (highest) first, one per price level")
-    asks: list[list[int]] = Field(description="[[price, qty], ...], best (lowest) first, one per price level")
+    bids: list[_Level] = Field(description="[[price, qty], ...], best (highest) first, one per price level")
+    asks: list[_Level] = Field(description="[[price, qty], ...], best (lowest) first, one per price level")
 
 
 class TradeOut(BaseModel):
@@ -313,7 +497,7 @@ class TradeOut(BaseModel):
     ts_ns: int
     price: int
     qty: int
-    taker_side: str
+    taker_side: Literal["buy", "sell"]
     maker_order_id: int
     taker_order_id: int
     maker_account: int
@@ -338,34 +522,203 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-_ENTRY_RESPONSES: dict = {
-    200: {"model": OrderAnswer, "description": "embedded engine: the command is durable"},
-    202: {"model": Queued, "description": "Kafka: the broker acknowledged the order"},
-    401: {"model": ErrorOut, "description": "missing or wrong bearer token"},
-    409: {"model": OrderAnswer, "description": "rejected by the matcher: conflicts with the engine's state"},
-    422: {"description": "invalid body, or rejected by the matcher for a malformed field (body as 200)"},
-    503: {"model": ErrorOut, "description": "order entry unavailable (engine stopped, broker unreachable)"},
+class ValidationIssue(BaseModel):
+    loc: list[Union[str, int]] = Field(description='where: ["body", field], ["path", name], ["query", name]')
+    msg: str
+    type: str = Field(description="the error type, e.g. missing, int_type, less_than_equal, json_invalid, or "
+                                  "distinct_assets / fee_order (rules between fields no schema can state)")
+    input: Any = None
+    ctx: Optional[dict] = None
+
+
+class ValidationErrorOut(BaseModel):
+    """A request that does not validate or does not parse: nothing reached the engine."""
+
+    detail: list[ValidationIssue]
+
+
+_DOC_MODELS = (PlaceBody, AmendBody, SymbolBody, AssetBody, TransferBody, Fill, Reject, OrderAnswer, SymbolAnswer,
+               AssetAnswer, TransferAnswer, BalanceOut, AccountOut, Queued, BookOut, TradeOut, TradesOut, HealthOut,
+               ErrorOut, ValidationIssue, ValidationErrorOut)
+
+# ------------------------------------------------------------ per-route answers (docs)
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict, description: str, **extra: Any) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
+
+
+#: Per order-entry route: the reasons of the matcher rejects with a 1xx code
+#: (422) that a body valid by the document can still get (they depend on the
+#: engine's state), and the error types of the body rules JSON Schema cannot
+#: state. Nothing else answers 422 to a schema-valid request.
+SCHEMA_VALID_422: dict = {
+    ("/orders", "post"): {"rejects": ["PRICE_OFF_TICK", "INVALID_BUDGET"], "validation": []},
+    ("/orders/{symbol}/{order_id}", "delete"): {"rejects": [], "validation": []},
+    ("/orders/{symbol}/{order_id}", "patch"): {"rejects": ["PRICE_OFF_TICK"], "validation": []},
+    ("/symbols", "post"): {"rejects": [], "validation": [DISTINCT_ASSETS, FEE_ORDER]},
+    ("/assets", "post"): {"rejects": [], "validation": []},
+    ("/deposits", "post"): {"rejects": ["INVALID_AMOUNT"], "validation": []},
+    ("/withdrawals", "post"): {"rejects": [], "validation": []},
 }
-_ASSET_RESPONSES: dict = {
-    **_ENTRY_RESPONSES,
-    200: {"model": AssetAnswer, "description": "embedded engine: the asset exists, durably"},
-    409: {"model": AssetAnswer, "description": "rejected by the matcher: ASSET_EXISTS"},
+
+# route -> (answer model, Kafka record type, what the 202 carries)
+_ENTRY_ROUTES: dict = {
+    ("/orders", "post"): ("OrderAnswer", "place", "order"),
+    ("/orders/{symbol}/{order_id}", "delete"): ("OrderAnswer", "cancel", "order"),
+    ("/orders/{symbol}/{order_id}", "patch"): ("OrderAnswer", "amend", "order"),
+    ("/symbols", "post"): ("SymbolAnswer", "add_symbol", "symbol"),
+    ("/assets", "post"): ("AssetAnswer", "add_asset", "asset"),
+    ("/deposits", "post"): ("TransferAnswer", "deposit", "transfer"),
+    ("/withdrawals", "post"): ("TransferAnswer", "withdraw", "transfer"),
 }
-_TRANSFER_RESPONSES: dict = {
-    **_ENTRY_RESPONSES,
-    200: {"model": TransferAnswer,
-          "description": "embedded engine: applied and durable, or a duplicate of an applied transfer "
-                         "(duplicate: true, nothing changed)"},
-    409: {"model": TransferAnswer,
-          "description": "rejected by the matcher (the reject is in the WAL): INSUFFICIENT_FUNDS, UNKNOWN_ASSET, "
-                         "TRANSFER_CONFLICT, or a duplicate of a transfer rejected so (duplicate: true)"},
-    422: {"description": "invalid body (nothing reaches the engine), or a matcher reject with a 1xx code "
-                         "(body as 409)"},
+
+_QUEUED_FIELDS = {
+    "order": {"properties": {"symbol": {"type": "string"}, "order_id": {"type": "integer"}}},
+    "symbol": {"properties": {"symbol": {"type": "string"}, "order_id": {"type": "null"}}},
+    "asset": {"required": ["asset"],
+              "properties": {"symbol": {"type": "null"}, "order_id": {"type": "null"}, "asset": {"type": "string"}}},
+    "transfer": {"required": ["transfer_id", "asset"],
+                 "properties": {"symbol": {"type": "null"}, "order_id": {"type": "null"},
+                                "transfer_id": {"type": "integer"}, "asset": {"type": "string"}}},
 }
-_READ_RESPONSES: dict = {503: {"model": ErrorOut, "description": "no engine view, or the engine failed or is busy"}}
+
+_VALIDATION_422 = ("the request does not validate: a field out of its schema, a rule between fields, a path or "
+                   "query parameter; or the body does not parse (not UTF-8, not JSON: json_invalid; not sent as "
+                   "application/json: model_attributes_type). Nothing reached the engine. " + WHOLE_FLOATS
+                   + "; " + _NO_SURROGATES)
+
+
+def _rejected(answer: str, codes: str, reasons: Optional[list] = None) -> dict:
+    reject: dict = {"allOf": [_ref("Reject"),
+                              {"properties": {"code": {"minimum": 200} if codes == "2xx+" else {"maximum": 199}}}]}
+    if reasons is not None:
+        reject["allOf"].append({"properties": {"reason": {"enum": reasons}}})
+    return {"allOf": [_ref(answer), {"required": ["status", "reject"],
+                                     "properties": {"status": {"const": "rejected"}, "reject": reject}}]}
+
+
+def _entry_responses(route: tuple, embedded: bool, queued: bool, token: bool) -> tuple:
+    """``(responses, x-schema-valid-422)`` of an order-entry route."""
+    answer, kind, carries = _ENTRY_ROUTES[route]
+    allowed = SCHEMA_VALID_422[route]
+    out: dict = {}
+    if embedded:
+        out["200"] = _json({"allOf": [_ref(answer), {"properties": {"status": {"not": {"const": "rejected"}},
+                                                                    "reject": {"type": "null"}}}]},
+                           "embedded engine: done and durable")
+    if queued:
+        out["202"] = _json({"allOf": [_ref("Queued"), {"properties": {"type": {"const": kind}}},
+                                      _QUEUED_FIELDS[carries]]},
+                           "Kafka: the broker acknowledged the record (the engine decides later)")
+    if token:
+        out["401"] = _json(_ref("ErrorOut"), "missing or wrong bearer token (nothing reached the engine)",
+                           headers={"WWW-Authenticate": {"description": "Bearer",
+                                                         "schema": {"type": "string", "const": "Bearer"}}})
+    if embedded:
+        out["409"] = _json(_rejected(answer, "2xx+"),
+                           "rejected by the matcher, the reject durable in the WAL: a conflict with the engine's "
+                           "state (2xx: unknown symbol, order or asset, duplicate id, transfer conflict), the "
+                           "order's own instructions (3xx: post-only would take) or pre-trade risk "
+                           "(4xx: INSUFFICIENT_FUNDS)")
+    variants = [_ref("ValidationErrorOut")]
+    text = _VALIDATION_422
+    if embedded and allowed["rejects"]:
+        variants.append(_rejected(answer, "1xx", allowed["rejects"]))
+        text += (". Or a matcher reject (durable in the WAL) of a rule that depends on the engine's state: "
+                 + ", ".join(allowed["rejects"]))
+    if allowed["validation"]:
+        text += ". Rules between fields no schema can state: " + ", ".join(allowed["validation"])
+    out["422"] = _json(variants[0] if len(variants) == 1 else {"anyOf": variants}, text)
+    out["503"] = _json(_ref("ErrorOut"), "order entry unavailable (the engine stopped or failed, the broker is "
+                                         "unreachable or did not acknowledge)")
+    extra = {"rejects": allowed["rejects"] if embedded else [], "validation": allowed["validation"]}
+    return out, extra
+
+
+_READ_503 = ("no engine in this process (a gateway that only does order entry), the engine failed, or it did not "
+             "pause at a durable point in time")
+
+
+def _read_responses(route: tuple, has_view: bool) -> dict:
+    path = route[0]
+    if path == "/health":
+        out = {"200": _json({"allOf": [_ref("HealthOut"), {"properties": {"status": {"const": "ok"}}}]},
+                            "the engine's sequence numbers (all null without an engine in this process)")}
+        if has_view:
+            out["503"] = _json({"allOf": [_ref("HealthOut"), {"properties": {"status": {"const": "failed"}}}]},
+                               "the engine failed")
+        return out
+    model = {"/books/{symbol}": "BookOut", "/trades": "TradesOut", "/accounts/{account}": "AccountOut"}[path]
+    out = {"200": _json(_ref(model), "the durable state")}
+    if path != "/accounts/{account}":
+        out["404"] = _json(_ref("ErrorOut"), "no order book for the symbol")
+    out["422"] = _json(_ref("ValidationErrorOut"), "a path or query parameter out of its schema")
+    out["503"] = _json(_ref("ErrorOut"), _READ_503)
+    return out
+
+
+def _exact_schemas() -> dict:
+    """The components, straight from pydantic: FastAPI's OpenAPI model keeps
+    ``minimum``/``maximum`` as floats, and 2**63-1 as a float is 2**63."""
+    schemas: dict = {}
+    for model in _DOC_MODELS:
+        schema = model.model_json_schema(ref_template=_REF + "{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            schemas.setdefault(name, sub)
+        schemas[model.__name__] = schema
+    return dict(sorted(schemas.items()))
+
+
+def build_openapi(app: FastAPI, entry: OrderEntry, view: Any, token: Optional[str]) -> dict:
+    """The exact OpenAPI document of ``app`` (see the module docstring)."""
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                      separate_input_output_schemas=False)
+    components = doc.setdefault("components", {})
+    components["schemas"] = _exact_schemas()
+    embedded = not isinstance(entry, KafkaEntry)
+    queued = not isinstance(entry, EmbeddedEntry)
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            route = (path, method)
+            if route in _ENTRY_ROUTES:
+                op["responses"], op["x-schema-valid-422"] = _entry_responses(route, embedded, queued, bool(token))
+            else:
+                op["responses"] = _read_responses(route, view is not None)
+                op.pop("security", None)
+    if not token:
+        components.pop("securitySchemes", None)
+    return doc
 
 
 # --------------------------------------------------------------------- app
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON that always encodes: a 422 echoes its input, which may hold a lone
+    surrogate (UTF-8 cannot encode it: escaped, as every non-ASCII character)
+    or NaN, Infinity or 1e400 (Python's JSON reader takes them; JSON has no
+    such numbers: sent as the strings "nan", "inf", "-inf")."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = None,
@@ -376,16 +729,20 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
         entry: where orders go (:class:`~engine.gateway.entry.EmbeddedEntry`
             or :class:`~engine.gateway.entry.KafkaEntry`). The app starts it
             on startup (a failure is logged; orders answer 503 until it
-            connects) and stops it on shutdown.
+            connects) and stops it on shutdown. Its kind decides what the
+            OpenAPI document says order entry answers (200/409/422 embedded,
+            202 Kafka).
         view: the ``EngineRuntime`` for reads and market data (may be the
             embedded entry's); ``None``: reads answer 503, no market data.
-        token: when set, order entry and admin endpoints need
+        token: when set (not empty), order entry and admin endpoints need
             ``Authorization: Bearer <token>`` (401 otherwise); reads stay open.
+            Without one the document declares no security at all.
         market_data_queue: messages a WebSocket client may have waiting
             before it is dropped.
         read_timeout_s: a read waits at most this long for a durable point
             (the engine busy without a pause) before answering 503.
     """
+    token = token or None
     hub = MarketDataHub(view, max_queue=market_data_queue) if view is not None else None
     ids = OrderIds()
 
@@ -406,7 +763,10 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
                   description="Order entry, accounts, order book reads and market data of an evengine matching "
                               "engine. Prices in price units (integer multiples of the tick size), quantities in "
                               "lots, times in ns since the epoch, seq the WAL sequence number; money (amounts, "
-                              "budgets, balances) in integers of the asset's smallest unit, 10**-scale.",
+                              "budgets, balances) in integers of the asset's smallest unit, 10**-scale. Every "
+                              "status a route answers is listed with its body; x-schema-valid-422 lists the only "
+                              "422 answers a request valid by this document can get (rules of the engine's "
+                              "state, rules between fields no schema can state). " + WHOLE_FLOATS + ".",
                   lifespan=lifespan)
     app.state.entry = entry
     app.state.view = view
@@ -414,11 +774,42 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
     app.state.token = token
     app.state.order_ids = ids
 
-    bearer = HTTPBearer(auto_error=False, description="required for order entry when the gateway has a token")
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, entry, view, token)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and request.method in ("POST", "PATCH", "PUT"):
+            # FastAPI's answer to a body it could not read (not UTF-8): one
+            # that is not JSON is a 422 (json_invalid) already, so this is too.
+            cause = exc.__cause__
+            return _AsciiJSONResponse({"detail": [{
+                "type": "json_invalid", "loc": ["body", 0], "msg": "JSON decode error", "input": {},
+                "ctx": {"error": f"{type(cause).__name__}: {cause}"[:200] if cause else str(exc.detail)}}]},
+                status_code=422)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only;
+            # DELETE and PATCH /orders/{symbol}/{order_id} are two routes.
+            methods: set = set()
+            for route in request.app.router.routes:
+                if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+                    methods |= route.methods
+            if methods:
+                headers["Allow"] = ", ".join(sorted(methods))
+        return _AsciiJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers or None)
+
+    bearer = HTTPBearer(auto_error=False, description="order entry and admin routes of a gateway with a token")
 
     async def require_token(creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
-        if token is None:
-            return
         if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
             raise HTTPException(401, "order entry needs the header 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -454,11 +845,17 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
             if loop.time() > deadline:
                 raise HTTPException(503, f"the engine did not pause at a durable point within {read_timeout_s} s")
 
-    auth = [Depends(require_token)]
+    auth = [Depends(require_token)] if token else []
 
-    @app.post("/orders", tags=["order entry"], dependencies=auth, responses=_ENTRY_RESPONSES,
-              summary="Enter a new order")
+    @app.post("/orders", tags=["order entry"], dependencies=auth, summary="Enter a new order")
     async def place_order(body: PlaceBody) -> JSONResponse:
+        """A limit order (the default) rests what it does not fill (gtc), or
+        cancels it (ioc, fok: all or nothing); a market order takes what is
+        there (ioc, fok). The answer lists the fills, durable.
+
+        Rules between fields: in the schema. Rules of the book (422, a matcher
+        reject): the price on the tick (``PRICE_OFF_TICK``); a market buy in a
+        book with risk on needs ``max_quote`` (``INVALID_BUDGET``)."""
         order = {"type": "place", "symbol": body.symbol,
                  "order_id": body.order_id if body.order_id is not None else ids.next(),
                  "side": body.side, "order_type": body.order_type, "tif": body.tif, "qty": body.qty,
@@ -470,43 +867,49 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
         return await submit(order)
 
     @app.delete("/orders/{symbol}/{order_id}", tags=["order entry"], dependencies=auth,
-                responses=_ENTRY_RESPONSES, summary="Cancel a resting order")
-    async def cancel_order(symbol: str = Path(min_length=1, max_length=32),
-                           order_id: int = Path(ge=1, le=MAX_ORDER_ID)) -> JSONResponse:
+                summary="Cancel a resting order")
+    async def cancel_order(symbol: SymbolPath,
+                           order_id: OrderIdPath) -> JSONResponse:
+        """An unknown symbol or order is a matcher reject, 409."""
         return await submit({"type": "cancel", "symbol": symbol, "order_id": order_id})
 
     @app.patch("/orders/{symbol}/{order_id}", tags=["order entry"], dependencies=auth,
-               responses=_ENTRY_RESPONSES, summary="Amend a resting order (price, leaves quantity)")
-    async def amend_order(body: AmendBody, symbol: str = Path(min_length=1, max_length=32),
-                          order_id: int = Path(ge=1, le=MAX_ORDER_ID)) -> JSONResponse:
+               summary="Amend a resting order (price, leaves quantity)")
+    async def amend_order(body: AmendBody, symbol: SymbolPath,
+                          order_id: OrderIdPath) -> JSONResponse:
+        """An unknown symbol or order is a matcher reject, 409; a price off
+        the book's tick, 422 (``PRICE_OFF_TICK``)."""
         return await submit({"type": "amend", "symbol": symbol, "order_id": order_id,
                              "price": body.price, "qty": body.qty})
 
-    @app.post("/symbols", tags=["admin"], dependencies=auth, responses=_ENTRY_RESPONSES,
-              summary="Add an order book")
+    @app.post("/symbols", tags=["admin"], dependencies=auth, summary="Add an order book")
     async def add_symbol(body: SymbolBody) -> JSONResponse:
         """A new order book; with ``base``/``quote`` its trades settle between
         accounts, with ``risk`` its orders must be funded. An unknown asset
-        is a matcher reject, ``UNKNOWN_ASSET`` (409)."""
+        is a matcher reject, ``UNKNOWN_ASSET`` (409); a symbol that has a book,
+        ``SYMBOL_EXISTS`` (409). Two rules JSON Schema cannot state answer
+        422 with their own error type: ``base`` == ``quote``
+        (``distinct_assets``), ``maker_fee_ppm`` > ``taker_fee_ppm``
+        (``fee_order``)."""
         return await submit({"type": "add_symbol", "symbol": body.symbol, "tick_size": body.tick_size,
                              **body.model_dump(exclude_defaults=True)})
 
-    @app.post("/assets", tags=["admin"], dependencies=auth, responses=_ASSET_RESPONSES,
-              summary="Add an asset")
+    @app.post("/assets", tags=["admin"], dependencies=auth, summary="Add an asset")
     async def add_asset(body: AssetBody) -> JSONResponse:
         """A new asset, needed before deposits of it and books that trade it.
-        ``scale`` fixes its smallest unit, ``10**-scale``, for good."""
+        ``scale`` fixes its smallest unit, ``10**-scale``, for good. An asset
+        that exists is a matcher reject, ``ASSET_EXISTS`` (409)."""
         return await submit({"type": "add_asset", "asset": body.asset, "scale": body.scale})
 
-    @app.post("/deposits", tags=["accounts"], dependencies=auth, responses=_TRANSFER_RESPONSES,
-              summary="Credit an account")
+    @app.post("/deposits", tags=["accounts"], dependencies=auth, summary="Credit an account")
     async def deposit(body: TransferBody) -> JSONResponse:
         """Credit ``amount`` (the asset's smallest units, ``10**-scale``) to the
-        account's available balance. Idempotent by ``transfer_id``."""
+        account's available balance. Idempotent by ``transfer_id``. An unknown
+        asset is ``UNKNOWN_ASSET`` (409); deposits of an asset beyond 2**63-1
+        units in all, ``INVALID_AMOUNT`` (422)."""
         return await submit({"type": "deposit", **body.model_dump()})
 
-    @app.post("/withdrawals", tags=["accounts"], dependencies=auth, responses=_TRANSFER_RESPONSES,
-              summary="Debit an account")
+    @app.post("/withdrawals", tags=["accounts"], dependencies=auth, summary="Debit an account")
     async def withdraw(body: TransferBody) -> JSONResponse:
         """Debit ``amount`` (the asset's smallest units, ``10**-scale``) from the
         account's *available* balance; ``INSUFFICIENT_FUNDS`` (409, nothing
@@ -515,10 +918,9 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
         return await submit({"type": "withdraw", **body.model_dump()})
 
     @app.get("/books/{symbol}", tags=["reads"], response_model=BookOut,
-             responses={404: {"model": ErrorOut, "description": "no order book for the symbol"},
-                        **_READ_RESPONSES},
              summary="Order book depth, aggregated per price level")
-    async def get_book(symbol: str, depth: int = Query(10, ge=1, le=10_000)) -> dict:
+    async def get_book(symbol: SymbolPath,
+                       depth: DepthQuery = 10) -> dict:
         matcher = await at_durable()
         book = matcher.books.get(symbol)
         if book is None:
@@ -526,20 +928,18 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
         return {"symbol": symbol, "seq": matcher.last_seq, "bids": book.depth(1, depth),
                 "asks": book.depth(2, depth)}
 
-    @app.get("/trades", tags=["reads"], response_model=TradesOut,
-             responses={404: {"model": ErrorOut, "description": "no order book for the symbol"},
-                        **_READ_RESPONSES},
-             summary="Recent trades, newest last")
-    async def get_trades(symbol: Optional[str] = Query(None, min_length=1, max_length=32),
-                         limit: int = Query(100, ge=1, le=10_000)) -> dict:
+    @app.get("/trades", tags=["reads"], response_model=TradesOut, summary="Recent trades, newest last")
+    async def get_trades(symbol: str = Query(None, min_length=1, max_length=32,   # absent: every book's
+                                             description="only this book's trades (404 if none)"),
+                         limit: LimitQuery = 100) -> dict:
         matcher = await at_durable()
         if symbol is not None and symbol not in matcher.books:
             raise HTTPException(404, f"no order book for {symbol!r}")
         return {"seq": matcher.last_seq, "trades": recent_trades(matcher.trades, symbol, limit)}
 
     @app.get("/accounts/{account}", tags=["reads", "accounts"], response_model=AccountOut,
-             responses=_READ_RESPONSES, summary="An account's balances, per asset")
-    async def get_account(account: int = Path(ge=0, le=MAX_INT64)) -> dict:
+             summary="An account's balances, per asset")
+    async def get_account(account: AccountPath) -> dict:
         """Available and held balance per asset, in the asset's smallest unit
         (``10**-scale``), from the durable state (as ``GET /books``).
 
@@ -555,8 +955,7 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
                 "balances": [{"asset": asset, "scale": accounts.assets.get(asset), "available": b[0], "held": b[1]}
                              for asset, b in sorted(per.items())]}
 
-    @app.get("/health", tags=["reads"], response_model=HealthOut, responses=_READ_RESPONSES,
-             summary="Engine sequence numbers")
+    @app.get("/health", tags=["reads"], response_model=HealthOut, summary="Engine sequence numbers")
     async def health() -> Any:
         if view is None:
             return {"status": "ok", "entry": entry.name, "last_seq": None, "durable_seq": None,

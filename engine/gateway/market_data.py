@@ -18,8 +18,9 @@ command's results in sequence order and only once the WAL holds them
 Tops never run ahead of the disk. The live order book may already include
 commands the WAL has not yet made durable, so the hub keeps its own copy of
 the books its clients watch, advanced only by released (durable) commands:
-an order book copied at sequence number L is shown only once ``durable_seq``
->= L. Cost: one more matcher step per command of a watched symbol, and the
+an order book copied at sequence number L is shown only once every command
+up to L has been released to the hub (so it is durable, and its trades went
+out first: messages stay in sequence order). Cost: one more matcher step per command of a watched symbol, and the
 memory of those books; nothing while no client is connected.
 
 A slow client never stalls the engine: the sink only appends to each client's
@@ -165,7 +166,9 @@ class MarketDataHub:
         self.max_queue = max_queue
         self.clients: set[MarketDataClient] = set()
         self.dropped_clients = 0
-        self.released_seq = runtime.engine.matcher.last_seq
+        # Everything applied so far is released unless the gate still holds some
+        # (then the first release sets it).
+        self.released_seq = runtime.engine.matcher.last_seq if runtime.engine.gate.held == 0 else 0
         self._by_symbol: dict[str, set[MarketDataClient]] = {}
         self._all: set[MarketDataClient] = set()
         self._shadow = Matcher(trade_history=1)   # books of watched symbols, at durable state only
@@ -193,11 +196,11 @@ class MarketDataHub:
             for s in client.symbols:
                 self._by_symbol.setdefault(s, set()).add(client)
             wanted = list(client.symbols)
-        durable = self.runtime.engine.wal.peek_durable()
+        released = self._released_point()
         for symbol in wanted:
             if symbol not in self._shadow.books:
                 self._watch(symbol)
-            elif symbol in self._last_top and self._base[symbol] <= durable:
+            elif symbol in self._last_top and self._base[symbol] <= released:
                 (bid, ask), seq = self._last_top[symbol]
                 client.offer(self._top_text(symbol, bid, ask, seq))
         self._schedule_flush()
@@ -329,15 +332,15 @@ class MarketDataHub:
         self._flush_scheduled = False
         if not self._dirty:
             return
-        durable = self.runtime.engine.wal.peek_durable()
+        released = self._released_point()
         dirty, self._dirty = self._dirty, set()
         for symbol in dirty:
             book = self._shadow.books.get(symbol)
             if book is None:
                 continue
             base = self._base.get(symbol, 0)
-            if base > durable:
-                self._dirty.add(symbol)   # shown once its copy is durable (its release calls the sink)
+            if base > released:
+                self._dirty.add(symbol)   # shown once its copy is released (that release calls the sink)
                 continue
             top = top_of_book(book)
             last = self._last_top.get(symbol)
@@ -345,6 +348,17 @@ class MarketDataHub:
                 seq = max(self.released_seq, base)
                 self._last_top[symbol] = (top, seq)
                 self._send(symbol, self._top_text(symbol, *top, seq))
+
+    def _released_point(self) -> int:
+        """The last sequence number whose command the hub has been handed (so
+        its trades are queued already): a book copied there may be shown. Not
+        the WAL's ``durable_seq``: the syncer publishes that before the loop
+        releases the commands it covers, and a top shown at it would go out
+        ahead of those commands' trades. With nothing held by the gate, every
+        command applied is released."""
+        if self.runtime.engine.gate.held == 0:
+            return self.runtime.engine.matcher.last_seq
+        return self.released_seq
 
     @staticmethod
     def _top_text(symbol: str, bid: Any, ask: Any, seq: int) -> str:
