@@ -32,6 +32,7 @@ from recovery import Recovery, recover, snapshot_dir, wal_dir
 from snapshot import SnapshotJob, SnapshotWriter
 
 from .control import ControlRequest, ControlServer
+from .metrics import EngineCounters
 from .output_gate import OutputGate, Sink
 
 __all__ = ["EngineConfig", "Engine", "RunSummary", "EngineLockedError"]
@@ -184,6 +185,8 @@ class Engine:
         self._snapshot_requested = False
         self._last_snapshot_seq = 0
         self.summary = RunSummary()
+        self.counters = EngineCounters()     # what engine.service.metrics exports
+        self._kind_counts = self.counters.commands
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> Recovery:
@@ -330,12 +333,16 @@ class Engine:
         out = matcher.apply(seq, cmd)
         if matcher.last_seq == seq:
             wal.append(cmd)
+            self._kind_counts[cmd[0]] += 1   # accepted: a command kind, 1..63
         else:  # it caused trades or a reject: they take the next seqs, in order
             logged = [event for event in out if event[0] in LOGGED_KINDS]
             if logged[0][0] == _REJECTED:
                 self.summary.rejects += 1
+                self.counters.count_reject(cmd, logged[0])
                 if not _encodable(cmd):
                     cmd, out, logged = self._as_bad_input(seq, cmd)
+            else:
+                self._kind_counts[cmd[0]] += 1
             logged.insert(0, cmd)
             wal.extend(logged)
         if self.gate.sinks:
@@ -524,6 +531,7 @@ class Engine:
         job = self.snapshots.start(seq, self.matcher.export_state, wait_durable)
         self._last_snapshot_seq = seq
         self.summary.fork_pauses_ms.append(round(job.fork_pause_ms, 3))
+        self.counters.fork_pause_s.observe(job.fork_pause_ns / 1e9)
         log.info("snapshot at seq %d: fork paused the engine %.3f ms (child pid %d)", seq, job.fork_pause_ms, job.pid)
         return job
 
@@ -540,6 +548,7 @@ class Engine:
             return
         if job.ok:
             self.summary.snapshots += 1
+            self.counters.snapshot_done(job)
             log.info("snapshot at seq %d written to %s in %.1f ms", job.seq, job.path,
                      (job.finished_ns - job.started_ns) / 1e6)
             answer = {"ok": True, "seq": job.seq, "path": os.path.abspath(job.path),
@@ -547,6 +556,7 @@ class Engine:
                       "write_ms": round((job.finished_ns - job.started_ns) / 1e6, 3)}
         else:
             log.error("snapshot at seq %d failed: child exited with status %s", job.seq, job.status)
+            self.counters.snapshot_failures += 1
             answer = {"ok": False, "seq": job.seq, "error": f"snapshot child exited with status {job.status}"}
         for req in self._snapshot_waiters:
             req.reply(answer)
