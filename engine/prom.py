@@ -19,9 +19,9 @@ import logging
 import sys
 import threading
 from bisect import bisect_left
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-__all__ = ["Buckets", "MetricsServer", "parse_metrics_addr", "new_registry", "start_metrics_server",
+__all__ = ["Buckets", "MetricsServer", "MetricsBindError", "parse_metrics_addr", "new_registry", "start_metrics_server",
            "histogram_family", "LATENCY_BOUNDS_S"]
 
 log = logging.getLogger("evengine.metrics")
@@ -66,8 +66,8 @@ def histogram_family(name: str, documentation: str, bounds: Sequence[float], cou
     """A ``HistogramMetricFamily`` from per-bucket counts (not cumulative:
     ``counts[i]`` for ``bounds[i]``, then the overflow) and their sum;
     ``scale`` converts bounds and sum to the exported unit (1e-9: ns to
-    seconds). With ``family`` (and ``labels``), adds one labelled series to
-    it instead of making a new family."""
+    seconds). With ``family`` (and ``labels``, in the order of the family's
+    label names), adds one labelled series to it instead of making a new family."""
     from prometheus_client.core import HistogramMetricFamily
     counts = list(counts)          # one copy: the owner may go on counting
     cumulative, run = [], 0
@@ -77,8 +77,8 @@ def histogram_family(name: str, documentation: str, bounds: Sequence[float], cou
     run += counts[len(bounds)]
     cumulative.append(("+Inf", run))
     if family is None:
-        family = HistogramMetricFamily(name, documentation, labels=sorted(labels) if labels else None)
-    family.add_metric([labels[k] for k in sorted(labels)] if labels else [], cumulative, total * scale)
+        family = HistogramMetricFamily(name, documentation, labels=list(labels) if labels else None)
+    family.add_metric(list(labels.values()) if labels else [], cumulative, total * scale)
     return family
 
 
@@ -117,6 +117,10 @@ def new_registry(*collectors: Any) -> Any:
     return registry
 
 
+class MetricsBindError(OSError):
+    """The ``--metrics`` address cannot be bound (in use, not this host's)."""
+
+
 class MetricsServer:
     """``/metrics`` of ``registry`` on ``host:port``, served by a daemon
     thread (``prometheus_client.start_http_server``). :attr:`port` is the
@@ -153,10 +157,13 @@ def start_metrics_server(addr: str, *collectors: Any, announce: bool = True) -> 
 
     Raises:
         ValueError: ``addr`` is not ``HOST:PORT``.
-        OSError: the address cannot be bound.
+        MetricsBindError: the address cannot be bound.
     """
     host, port = parse_metrics_addr(addr)
-    server = MetricsServer(new_registry(*collectors), host, port)
+    try:
+        server = MetricsServer(new_registry(*collectors), host, port)
+    except OSError as exc:
+        raise MetricsBindError(exc.errno, f"cannot serve metrics on {addr}: {exc.strerror or exc}") from exc
     if announce:
         print(f"metrics on {server.url}", file=sys.stderr, flush=True)
     log.info("metrics on %s", server.url)
@@ -176,8 +183,3 @@ def wait_or_signal(seconds: float) -> None:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-
-
-def label_values(pairs: Iterable[tuple]) -> list:
-    """``[(labels..., value), ...]`` sorted by labels (stable output)."""
-    return sorted(pairs, key=lambda p: tuple(str(x) for x in p[:-1]))
