@@ -14,6 +14,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="evengine: an event-sourced, durable order matching engine.")
 
+EXIT_IO = 74   # sysexits.h EX_IOERR: the WAL or a data file could not be written (a full disk, EIO)
+
 DataDir = typer.Option("data", "--data-dir", "-d", help="The engine's data directory (WAL, snapshots, control socket).")
 
 
@@ -119,9 +121,8 @@ def start(
     SIGTERM or SIGINT stop it cleanly after the current batch.
     """
     _setup_logging(verbose)
-    from engine.service import Engine, EngineConfig, EngineLockedError
+    from engine.service import Engine, EngineConfig
     from eventstore import EventStoreError
-    from recovery import RecoveryError
     if kafka is not None or http is not None:
         if source is not None:
             _fail("--source reads a file; it cannot be combined with --kafka or --http", 2)
@@ -143,10 +144,7 @@ def start(
                        segment_size_bytes=int(segment_size_mb * (1 << 20)),
                        pin_cpus=True if pin_cpus is None else pin_cpus, shard=shard)
     engine = Engine(cfg)
-    try:
-        engine.open()
-    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
-        _fail(f"{exc}")
+    _open_engine(engine)
     engine.install_signal_handlers()
     if print_trades:
         engine.add_sink(_trade_printer())
@@ -161,10 +159,16 @@ def start(
         def on_batch(e: Engine) -> None:
             pos = e.matcher.positions.get(src.name)
             bar.update(task, completed=(pos + 1) if isinstance(pos, int) else 0, seq=e.wal.peek_durable())
-        with bar:
-            summary = engine.run(src, speed=speed, on_batch=on_batch)
+        try:
+            with bar:
+                summary = engine.run(src, speed=speed, on_batch=on_batch)
+        except EventStoreError as exc:
+            _fail(str(exc), EXIT_IO)
     else:
-        summary = engine.run(src, speed=speed)
+        try:
+            summary = engine.run(src, speed=speed)
+        except EventStoreError as exc:
+            _fail(str(exc), EXIT_IO)
     d = summary.as_dict()
     if json_summary:
         print(json.dumps(d))
@@ -180,6 +184,23 @@ def start(
             f"{', '.join(f'{p:.2f}' for p in pauses) if pauses else 'none'}\n"
             f"last seq: {summary.last_seq}   match_sequence: {summary.match_sequence}\n"
             f"state hash: {summary.state_hash}")
+
+
+def _open_engine(engine: Any) -> None:
+    """``engine.open()``, or exit with one line: 1 for a locked or damaged
+    directory, :data:`EXIT_IO` when it cannot be written (a full disk)."""
+    from engine.service import EngineLockedError
+    from eventstore import EventStoreError, WalWriteError, describe_os_error
+    from recovery import RecoveryError
+    try:
+        engine.open()
+    except WalWriteError as exc:
+        _fail(str(exc), EXIT_IO)
+    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
+        _fail(f"{exc}")
+    except OSError as exc:
+        _fail(f"cannot open {engine.config.data_dir}: {describe_os_error(exc)} ({exc.filename or 'a data file'})",
+              EXIT_IO)
 
 
 def _trade_printer() -> Any:
@@ -214,10 +235,9 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                    pin_cpus: bool, shard: Optional[str] = None) -> None:
     """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
     import asyncio
-    from engine.service import Engine, EngineConfig, EngineLockedError
+    from engine.service import Engine, EngineConfig
     from engine.service.serve import parse_symbols, serve
     from eventstore import EventStoreError
-    from recovery import RecoveryError
     try:
         symbols = parse_symbols(add_symbol)
     except ValueError as exc:
@@ -237,19 +257,24 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                        segment_size_bytes=int(segment_size_mb * (1 << 20)),
                        pin_cpus=bool(pin_cpus), shard=shard)
     engine = Engine(cfg)
-    try:
-        engine.open()
-    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
-        _fail(f"{exc}")
+    _open_engine(engine)
 
     def ready(info: dict) -> None:
         print(json.dumps({"ready": True, "last_seq": engine.matcher.last_seq, **info}), flush=True)
     stats: dict = {}
+    failure: Optional[BaseException] = None
     try:
         stats = asyncio.run(serve(engine, kafka=kcfg, http=bind, token=token, symbols=tuple(symbols),
                                   sinks=(_trade_printer(),) if print_trades else (), on_ready=ready))
-    finally:
+    except EventStoreError as exc:   # the WAL syncer failed (an fsync error): stop, recover at restart
+        failure = exc
+    try:
         summary = engine.close()
+    except EventStoreError as exc:
+        failure = failure or exc
+        summary = engine.summary
+    if failure is not None:
+        _fail(str(failure), EXIT_IO)
     d = summary.as_dict()
     d.update({"kafka": stats} if stats else {})
     print(json.dumps(d) if json_summary else

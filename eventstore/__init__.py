@@ -9,14 +9,15 @@ an event is a msgpack value with a sequence number.
 """
 
 from .buffer import EventBuffer
-from .errors import (AtomicWriteError, CorruptRecordError, EventStoreError, WalSequenceError,
-                     WriterDiedError)
-from .fsio import atomic_write, fsync_dir
+from .errors import (AtomicWriteError, CorruptRecordError, EventStoreError, WalSequenceError, WalWriteError,
+                     WriterDiedError, describe_os_error)
+from .fsio import atomic_write, free_bytes, fsync_dir
 from .reader import WalReader, WalScan
 from .segment import SegmentInfo, TornTail, list_segments
 from .writer import CommitStats, WalWriter, seal_segment
 
 __all__ = ["EventBuffer", "AtomicWriteError", "CorruptRecordError", "EventStoreError",
-           "WalSequenceError", "WriterDiedError", "atomic_write", "fsync_dir", "WalReader",
+           "WalSequenceError", "WalWriteError", "WriterDiedError", "describe_os_error", "atomic_write",
+           "free_bytes", "fsync_dir", "WalReader",
            "WalScan", "SegmentInfo", "TornTail", "list_segments", "CommitStats", "WalWriter",
            "seal_segment"]

@@ -14,6 +14,7 @@ Source: Redis ``rdbSaveBackground`` / ``stat_fork_time``.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import time
@@ -26,7 +27,34 @@ from .catalog import prune, snapshot_name
 from .codec import encode_snapshot
 from .errors import SnapshotFailedError
 
-__all__ = ["SnapshotJob", "SnapshotWriter"]
+__all__ = ["SnapshotJob", "SnapshotWriter", "describe_exit", "EXIT_WAL_NOT_DURABLE", "EXIT_OS_ERROR"]
+
+EXIT_WAL_NOT_DURABLE = 2   # the WAL did not become durable through the snapshot's seq in time
+EXIT_OS_ERROR = 100        # + errno: writing the file failed (a full disk: 100 + ENOSPC = 128)
+
+
+def _child_exit_code(exc: BaseException) -> int:
+    cause = getattr(exc, "cause", exc)     # AtomicWriteError wraps the OSError
+    code = getattr(cause, "errno", None)
+    if isinstance(code, int) and 0 < code < 256 - EXIT_OS_ERROR:
+        return EXIT_OS_ERROR + code
+    return 1
+
+
+def describe_exit(status: Optional[int]) -> str:
+    """A snapshot child's exit status in words."""
+    if status is None:
+        return "still running"
+    if status == 0:
+        return "ok"
+    if status < 0:
+        return f"killed by signal {-status}"
+    if status == EXIT_WAL_NOT_DURABLE:
+        return "the WAL did not become durable through its seq in time"
+    if status > EXIT_OS_ERROR:
+        code = status - EXIT_OS_ERROR
+        return f"{os.strerror(code)} (errno {code}, {errno.errorcode.get(code, '?')})"
+    return f"the child exited with status {status}"
 
 
 @dataclass
@@ -50,6 +78,12 @@ class SnapshotJob:
     @property
     def fork_pause_ms(self) -> float:
         return self.fork_pause_ns / 1e6
+
+    @property
+    def reason(self) -> str:
+        """Why a finished child failed, from its exit status (see
+        :data:`EXIT_WAL_NOT_DURABLE`, :data:`EXIT_OS_ERROR`)."""
+        return describe_exit(self.status)
 
 
 class SnapshotWriter:
@@ -105,10 +139,12 @@ class SnapshotWriter:
                 state = export_state()
                 data = encode_snapshot(state, self.zstd_level)
                 if wait_durable(seq):
-                    atomic_write(path, data)
+                    atomic_write(path, data)   # on failure the temp file is removed: never half published
                     code = 0
-            except BaseException:
-                code = 1
+                else:
+                    code = EXIT_WAL_NOT_DURABLE
+            except BaseException as exc:
+                code = _child_exit_code(exc)
             os._exit(code)
         pause = time.perf_counter_ns() - t0
         job = SnapshotJob(seq, path, pid, pause, t0)

@@ -27,7 +27,7 @@ import msgpack
 
 from engine.core import LOGGED_KINDS, BadInput, Command, Kind, Matcher
 from engine.io.shard import DEFAULT_SHARD, claim_shard
-from eventstore import WalWriter
+from eventstore import WalWriter, WalWriteError, free_bytes
 from recovery import Recovery, recover, snapshot_dir, wal_dir
 from snapshot import SnapshotJob, SnapshotWriter
 
@@ -101,6 +101,8 @@ class EngineConfig:
         shard: this engine's shard id (``engine.io.shard``): written to the data
             directory the first time, checked against it later; ``None``:
             whatever the directory says (``"0"`` when nothing).
+        snapshot_retry_s: after a snapshot failed (a full disk), the next one
+            is tried no sooner than this (s); the previous snapshot stays.
         pause_cyclic_gc: while the engine is open, freeze what recovery built
             and switch off the cyclic garbage collector. Its full collections
             walk every resting order and stalled the loop 20-70 ms at 100,000
@@ -122,6 +124,7 @@ class EngineConfig:
     pin_cpus: bool = True
     pause_cyclic_gc: bool = True
     shard: Optional[str] = None
+    snapshot_retry_s: float = 10.0
 
 
 @dataclass
@@ -145,6 +148,8 @@ class RunSummary:
     commit_p50_ms: float = 0.0
     commit_p99_ms: float = 0.0
     fsyncs: int = 0
+    snapshots_failed: int = 0
+    unwritten_events: int = 0
     stopped_by: str = "end of input"
 
     @property
@@ -183,6 +188,9 @@ class Engine:
         self._snapshot_waiters: list[ControlRequest] = []
         self._snapshot_requested = False
         self._last_snapshot_seq = 0
+        self._good_snapshot_seq = 0
+        self._snapshot_retry_at = 0.0
+        self.snapshot_error: Optional[str] = None
         self.summary = RunSummary()
 
     # -------------------------------------------------------------- lifecycle
@@ -228,7 +236,7 @@ class Engine:
         for event in rec.pending:
             self.wal.append(event)
         self.wal.flush()
-        self._last_snapshot_seq = rec.snapshot.seq if rec.snapshot else 0
+        self._last_snapshot_seq = self._good_snapshot_seq = rec.snapshot.seq if rec.snapshot else 0
         if cfg.pause_cyclic_gc:
             gc.collect()
             gc.freeze()
@@ -276,7 +284,11 @@ class Engine:
         s = self.summary
         try:
             if self.wal is not None:
-                self.wal.wait_durable(self.wal.next_seq - 1)
+                try:
+                    self.wal.flush()
+                except WalWriteError:
+                    pass   # what cannot be written was never acknowledged (WalWriter.close says how much)
+                self.wal.wait_durable(self.wal.written_seq)
                 self.gate.release(self.wal.durable_seq)
             if self.snapshots is not None and self.snapshots.running is not None:
                 self._snapshot_done(self.snapshots.poll(block=True))
@@ -292,6 +304,7 @@ class Engine:
                 s.commit_p99_ms = round(st.percentile_ms(99), 3)
                 self.wal.close()
                 s.fsyncs = self.wal.sync_counters()[0]
+                s.unwritten_events = self.wal.unwritten_at_close
             self._release_process()
         if self.matcher is not None:
             s.last_seq = self.matcher.last_seq
@@ -305,6 +318,14 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def degraded(self) -> Optional[str]:
+        """Why the engine cannot take commands now (the WAL cannot be written:
+        a full disk, EIO), or None when healthy. Outputs stop at the durable
+        seq meanwhile; a flush that succeeds clears it."""
+        err = self.wal.write_error if self.wal is not None else None
+        return None if err is None else str(err)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the loop to stop after the current batch (signal-handler safe)."""
@@ -370,10 +391,19 @@ class Engine:
 
     def end_batch(self) -> None:
         """End a group-commit batch: flush the frame, release what is durable,
-        reap or start snapshots, answer control requests."""
-        self.wal.flush()
-        self.gate.release(self.wal.durable_seq)
-        self._housekeeping()
+        reap or start snapshots, answer control requests.
+
+        Raises:
+            WalWriteError: the frame could not be written (see
+                :attr:`degraded`); it stays queued and the next call writes it
+                again. Housekeeping still ran.
+            WriterDiedError: the WAL syncer failed: stop.
+        """
+        try:
+            self.wal.flush()
+        finally:
+            self.gate.release(self.wal.durable_seq)
+            self._housekeeping()
 
     def run(self, source: Any, *, speed: float = 0.0,
             on_batch: Optional[Callable[["Engine"], None]] = None,
@@ -394,6 +424,12 @@ class Engine:
 
         Returns:
             The run's :class:`RunSummary` (the engine is closed).
+
+        Raises:
+            WalWriteError: the WAL could not be written (a full disk, EIO).
+                The engine is closed first: everything durable was released,
+                nothing after it was; a restart resumes after the last
+                durable input row.
         """
         m = self.matcher
         s = self.summary
@@ -407,6 +443,9 @@ class Engine:
                 commands = self._run_paced(it, speed, on_batch)
             else:
                 commands = self._run_fast(it, on_batch, self._linger_ms(source, batching))
+        except WalWriteError as exc:
+            self._stop_reason = f"WAL write error: {exc}"
+            raise
         finally:
             s.commands += commands
             s.seconds = time.perf_counter() - t0
@@ -540,14 +579,26 @@ class Engine:
             return
         if job.ok:
             self.summary.snapshots += 1
+            self._good_snapshot_seq = job.seq
+            self.snapshot_error = None
             log.info("snapshot at seq %d written to %s in %.1f ms", job.seq, job.path,
                      (job.finished_ns - job.started_ns) / 1e6)
             answer = {"ok": True, "seq": job.seq, "path": os.path.abspath(job.path),
                       "fork_pause_ms": round(job.fork_pause_ms, 3),
                       "write_ms": round((job.finished_ns - job.started_ns) / 1e6, 3)}
         else:
-            log.error("snapshot at seq %d failed: child exited with status %s", job.seq, job.status)
-            answer = {"ok": False, "seq": job.seq, "error": f"snapshot child exited with status {job.status}"}
+            # Never half published (the child writes a temp file and renames
+            # it); the previous snapshot stays the one recovery uses.
+            retry_s = self.config.snapshot_retry_s
+            self.summary.snapshots_failed += 1
+            self._last_snapshot_seq = self._good_snapshot_seq
+            self._snapshot_retry_at = time.monotonic() + retry_s
+            free = free_bytes(self.snapshots.snap_dir)
+            self.snapshot_error = (f"snapshot at seq {job.seq} failed: {job.reason} writing {job.path}.tmp; "
+                                   f"free space: {'unknown' if free is None else f'{free:,} bytes'}")
+            log.error("%s; the engine goes on, the previous snapshot stays, next try in %.0f s",
+                      self.snapshot_error, retry_s)
+            answer = {"ok": False, "seq": job.seq, "error": self.snapshot_error}
         for req in self._snapshot_waiters:
             req.reply(answer)
         self._snapshot_waiters = []
@@ -559,9 +610,10 @@ class Engine:
         if self.control is not None and not self.control.requests.empty():
             while not self.control.requests.empty():
                 self._handle_control(self.control.requests.get_nowait())
-        if snaps.running is None:
+        if snaps.running is None and self.wal.write_error is None:
             every = self.config.snapshot_every
-            if self._snapshot_requested or (every and self.matcher.last_seq - self._last_snapshot_seq >= every):
+            if self._snapshot_requested or (every and self.matcher.last_seq - self._last_snapshot_seq >= every
+                                            and time.monotonic() >= self._snapshot_retry_at):
                 self._snapshot_requested = False
                 try:
                     self.snapshot_now()
@@ -576,6 +628,7 @@ class Engine:
         elif op == "status":
             req.reply({"ok": True, "last_seq": self.matcher.last_seq, "durable_seq": self.wal.durable_seq,
                        "match_sequence": self.matcher.match_sequence, "positions": self.matcher.positions,
-                       "symbols": sorted(self.matcher.books), "snapshot_running": self.snapshots.running is not None})
+                       "symbols": sorted(self.matcher.books), "snapshot_running": self.snapshots.running is not None,
+                       "degraded": self.degraded, "snapshot_error": self.snapshot_error})
         else:
             req.reply({"ok": False, "error": f"unknown op {op!r} (known: snapshot, status)"})

@@ -284,9 +284,15 @@ class KafkaBridge:
         consumer = self.consumer
         trades, ledger = self.trades.outbox, self.ledger.outbox
         outbox_max = self.cfg.outbox_max
+        wal = rt.engine.wal
         while not rt.stopping.is_set() and rt.failed is None:
             if len(trades) > outbox_max or len(ledger) > outbox_max:
                 await asyncio.sleep(0.01)     # back-pressure: Kafka is not taking our output
+                continue
+            if wal.write_error is not None:
+                # The WAL cannot be written (a full disk): fetch nothing more;
+                # the records stay in Kafka and are read once it can.
+                await asyncio.sleep(0.05)
                 continue
             try:
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.cfg.max_records)
@@ -394,9 +400,20 @@ class KafkaBridge:
             self._saved = now
 
     async def _watermark_loop(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(0.5)
-            self._save_watermark()
+            try:
+                self._save_watermark()
+            except Exception as exc:  # noqa: BLE001 - a full disk: the file stays behind, which only republishes more
+                if not failing:
+                    log.error("cannot save %s: %s; retrying (after a restart the trades above the old "
+                              "watermark are published again, which consumers drop as repeats)", PUBLISHED_FILE, exc)
+                    failing = True
+                continue
+            if failing:
+                log.warning("%s saved again", PUBLISHED_FILE)
+                failing = False
 
     # ------------------------------------------------------------- lifecycle
     async def run(self, drain_timeout_s: float = 10.0) -> None:
@@ -458,7 +475,10 @@ class KafkaBridge:
                     pass
             self.trades.retire_quietly()
             self.ledger.retire_quietly()
-            self._save_watermark()
+            try:
+                self._save_watermark()
+            except Exception as exc:  # noqa: BLE001 - the file stays behind: the next start republishes more
+                log.error("cannot save %s at stop: %s", PUBLISHED_FILE, exc)
             if self.consumer is not None:
                 await self._commit_offsets(timeout_s=5.0)
                 try:
