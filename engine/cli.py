@@ -652,7 +652,11 @@ def wal_prune(
     for seg in d["leftovers"]:
         typer.echo(f"  {verb} {seg['segment']} (left by an interrupted prune)")
     freed = d["bytes_freed"] if plan.applied else d["bytes_to_free"]
-    typer.echo(f"{verb} {len(gone)} segment(s), {freed:,} bytes" + (" (dry run)" if dry_run else ""))
+    if not dry_run and not plan.applied:
+        typer.echo("nothing to remove")
+    else:
+        typer.echo(f"{verb} {len(gone) + len(d['leftovers'])} segment(s), {freed:,} bytes"
+                   + (" (dry run)" if dry_run else ""))
     for note in plan.notes:
         typer.echo(f"note: {note}")
 
