@@ -131,6 +131,11 @@ def start(
     from engine.service import Engine, EngineConfig, EngineLockedError
     from eventstore import EventStoreError
     from recovery import RecoveryError
+    from recovery.retention import parse_policy
+    try:
+        parse_policy(wal_retain)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     if kafka is not None or http is not None:
         if source is not None:
             _fail("--source reads a file; it cannot be combined with --kafka or --http", 2)

@@ -382,12 +382,17 @@ def snapshot_facts(data_dir: str) -> list[SnapFact]:
 
 def pinned_snapshots(data_dir: str) -> set[int]:
     """Seqs of snapshots snapshot retention must keep: the base the retained
-    WAL continues. A damaged retention record pins nothing but is reported
-    by every reader."""
-    try:
-        rec = read_retention(wal_dir(data_dir))
-    except Exception:  # noqa: BLE001 - readers report it; pruning snapshots must not stop the engine
-        return set()
+    WAL continues.
+
+    Raises:
+        RetentionFormatError: the record is damaged (snapshot pruning is then
+            skipped: :func:`snapshot_prune_guard`).
+    """
+    return _pins(data_dir)
+
+
+def _pins(data_dir: str) -> set[int]:
+    rec = read_retention(wal_dir(data_dir))
     return set() if rec is None or rec.base_snapshot_seq is None else {rec.base_snapshot_seq}
 
 
@@ -501,5 +506,12 @@ def snapshot_prune_guard(data_dir: str) -> Callable[[], Any]:
     @contextlib.contextmanager
     def guard() -> Any:
         with retention_lock(wal_dir(data_dir), blocking=False) as held:
-            yield pinned_snapshots(data_dir) if held else None
+            if not held:
+                yield None
+                return
+            try:
+                keep = _pins(data_dir)
+            except Exception:  # noqa: BLE001 - a damaged record: do not guess what may go
+                keep = None
+            yield keep
     return guard

@@ -321,7 +321,7 @@ class History:
         from . import history
         return history.bbo(self, from_seq, to_seq, symbol, every)
 
-    def trades(self, from_seq: int = 1, to_seq: Optional[int] = None, symbol: Optional[str] = None) -> Any:
+    def trades(self, from_seq: Optional[int] = None, to_seq: Optional[int] = None, symbol: Optional[str] = None) -> Any:
         """Trades as a DataFrame; see :func:`recovery.history.trades` (tuples: :meth:`trade_events`)."""
         from . import history
         return history.trades(self, from_seq, to_seq, symbol)

@@ -463,3 +463,20 @@ def test_random_layouts_recovery_equal_and_nothing_needed_removed(tmp_path_facto
     assert recovered_hash(d) == summary.state_hash
     v = verify(str(d))
     assert v["mismatches"] == 0 and v["wal_problems"] == [] and v["state_hash"] == summary.state_hash
+
+
+def test_a_damaged_record_stops_snapshot_pruning_rather_than_unpin(data):
+    d, _ = data
+    prune_wal(str(d), before_seq=10**12)
+    rec_path = os.path.join(wal(d), "retention.json")
+    with open(rec_path, "w") as f:
+        f.write("{not json")
+    writer = SnapshotWriter(str(d / "snapshots"), retain=3, prune_guard=retention.snapshot_prune_guard(str(d)))
+    writer.retain = 1
+    n = len(snaps(d))
+    assert writer._prune() == [] and len(snaps(d)) == n
+    from eventstore.retention import RetentionFormatError
+    with pytest.raises(RetentionFormatError, match="unreadable"):
+        WalReader(wal(d)).scan()
+    with pytest.raises(RetentionFormatError):
+        prune_wal(str(d), before_seq=10**12)
