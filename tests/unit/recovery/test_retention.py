@@ -480,3 +480,22 @@ def test_a_damaged_record_stops_snapshot_pruning_rather_than_unpin(data):
         WalReader(wal(d)).scan()
     with pytest.raises(RetentionFormatError):
         prune_wal(str(d), before_seq=10**12)
+
+
+def test_duration_policy_on_real_timestamps(data):
+    """The synthetic flow's clock: 1 us per command. ``1s`` covers the whole
+    run (nothing may go); 5 ms keeps every state of the last 5 ms queryable."""
+    d, summary = data
+    whole = prune_wal(str(d), policy=parse_policy("1s"), dry_run=True)
+    assert whole.floor is None and whole.rule == "wal-retain duration"
+    h = open_data_dir(str(d))
+    last_ts = h.timeline.ts_of(summary.last_seq)
+    ss = [x.seq for x in snaps(d)]
+    window = last_ts - h.timeline.ts_of(ss[1]) + 1       # the second snapshot lies just inside the window
+    plan = prune_wal(str(d), policy=RetainPolicy(None, window, "w"), snapshot_retain=1)
+    assert plan.applied and plan.rule == "wal-retain duration" and plan.base_snapshot_seq == ss[0]
+    h = open_data_dir(str(d))
+    assert h.timeline.ts_of(plan.base_snapshot_seq) <= last_ts - window
+    cutoff_seq = h.seq_at_time(last_ts - window)
+    assert h.earliest_seq == ss[0] <= cutoff_seq
+    h.book_at(cutoff_seq, "SYN", 3)                       # the window's first state answers
