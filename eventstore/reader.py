@@ -94,8 +94,24 @@ class WalReader:
         Raises:
             CorruptRecordError, WalSequenceError: corruption anywhere but the tail.
             RetentionFormatError: ``retention.json`` is damaged.
+
+        A prune running meanwhile (``evengine wal prune`` beside a starting
+        engine) may unlink a sealed segment listed here: the scan starts over
+        on the new listing (the pruned segments were not needed).
         """
-        record = self.retention()
+        attempt = 0
+        while True:
+            record = self.retention()
+            try:
+                return self._scan(record)
+            except FileNotFoundError:
+                now = self.retention()
+                moved = now is not None and (record is None or now.pruned_before_seq > record.pruned_before_seq)
+                attempt += 1
+                if not moved or attempt >= 5:
+                    raise
+
+    def _scan(self, record: Optional[RetentionRecord]) -> WalScan:
         segs = self.segments(record)
         tail: list[TornTail] = []
         frames = 0
@@ -146,7 +162,12 @@ class WalReader:
             info = segs[j]
             if to_seq is not None and info.first_seq > to_seq:
                 return
-            data = load_segment_bytes(info)
+            try:
+                data = load_segment_bytes(info)
+            except FileNotFoundError:
+                # Pruned while reading (it holds seqs below the new record): say so.
+                check_not_pruned(self.wal_dir, self.retention(), info.first_seq)
+                raise
             for frame in scan_frames(data, info.path, is_last=j == len(segs) - 1):
                 last = frame.first_seq + frame.count - 1
                 if last < from_seq:

@@ -81,6 +81,13 @@ class WalIndex:
         Raises:
             CorruptRecordError, WalSequenceError: damage before the WAL's tail.
         """
+        try:
+            return self._refresh()
+        except PrunedRangeError:
+            self._reset()              # a prune removed segments while they were indexed: start over
+            return self._refresh()
+
+    def _refresh(self) -> int:
         infos = retained_segments(self.wal_dir)   # a crashed prune's leftovers are not read
         if len(infos) < len(self._segments) or any(
                 seg.info.first_seq != info.first_seq for seg, info in zip(self._segments, infos)):

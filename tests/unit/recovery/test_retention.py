@@ -499,3 +499,32 @@ def test_duration_policy_on_real_timestamps(data):
     cutoff_seq = h.seq_at_time(last_ts - window)
     assert h.earliest_seq == ss[0] <= cutoff_seq
     h.book_at(cutoff_seq, "SYN", 3)                       # the window's first state answers
+
+
+def test_a_prune_during_a_scan_or_a_history_refresh_is_followed(data, monkeypatch):
+    """A reader that listed the segments before a prune unlinked some: the
+    scan starts over on the new listing; recovery gives the same state."""
+    import eventstore.reader as reader_mod
+    d, summary = data
+    real = reader_mod.load_segment_bytes
+    fired = []
+
+    def racing(info):
+        if not fired:
+            fired.append(prune_wal(str(d), before_seq=10**12))   # runs between the listing and the read
+        return real(info)
+    monkeypatch.setattr(reader_mod, "load_segment_bytes", racing)
+    r = recover(str(d), repair=False)
+    assert fired and fired[0].applied
+    assert r.scan.first_seq == fired[0].pruned_before_seq and r.matcher.state_hash() == summary.state_hash
+    monkeypatch.undo()
+    # A reader in the middle of a range that gets pruned is told so.
+    it = WalReader(wal(d)).read(fired[0].pruned_before_seq)
+    next(it)
+    h = open_data_dir(str(d))
+    h.build_index()
+    more = run_engine(d, 30_000)                   # more segments and snapshots, then a further prune
+    plan = prune_wal(str(d), before_seq=10**12)
+    assert plan.applied
+    assert h.refresh() == more.last_seq and h.wal.first_seq == plan.pruned_before_seq
+    assert h.state_hash(more.last_seq) == more.state_hash
