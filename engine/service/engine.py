@@ -603,7 +603,7 @@ class Engine:
             return
         on_disk = {i.seq for i in list_snapshots(snapshot_dir(self.config.data_dir))}
         self._snap_facts = {s: f for s, f in self._snap_facts.items() if s in on_disk}
-        last = self.matcher.last_seq
+        last = min(self.matcher.last_seq, self.wal.durable_seq)   # what a crash now would keep
         args = (dict(self._snap_facts), (last, self._ts_at(last)))
         self._retention_thread = threading.Thread(target=self._wal_retention, args=args, name="wal-retention",
                                                   daemon=True)
