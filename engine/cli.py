@@ -648,7 +648,7 @@ def wal_prune(
     if json_out:
         print(json.dumps(d))
         return
-    gone = d["removed"] if plan.applied else d["would_remove"]
+    gone = d["would_remove"]
     verb = "removed" if plan.applied else "would remove"
     typer.echo(f"floor: {plan.floor if plan.floor is not None else 'none (nothing may go)'}   rule: {plan.rule}")
     typer.echo(f"base snapshot: {plan.base_snapshot_seq}   earliest seq kept: {plan.pruned_before_seq}")

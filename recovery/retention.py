@@ -168,7 +168,10 @@ def read_kafka_marks(data_dir: str) -> Optional[KafkaMarks]:
 
 @dataclass
 class PrunePlan:
-    """What a prune decided (and, once applied, did).
+    """What a prune decided (and, once applied, did). :meth:`as_dict` is the
+    ``wal prune --json`` object: ``would_remove`` (the plan), ``removed``
+    (empty unless applied), ``bytes_to_free``, ``bytes_freed``, ``floor``,
+    ``rule``, ``bounds``, ``base_snapshot_seq``, ``pruned_before_seq``, ...
 
     Attributes:
         floor: the first seq that must stay (base + 1); ``None``: nothing may go.
@@ -211,10 +214,10 @@ class PrunePlan:
                 "bounds": self.bounds, "base_snapshot_seq": self.base_snapshot_seq,
                 "pruned_before_seq": self.pruned_before_seq,
                 "previous_pruned_before_seq": None if self.previous is None else self.previous.pruned_before_seq,
-                "last_seq": self.last_seq, "removed" if self.applied else "would_remove": [seg(s) for s in self.remove],
+                "last_seq": self.last_seq, "would_remove": [seg(s) for s in self.remove],
+                "removed": [seg(s) for s in self.remove] if self.applied else [],
                 "leftovers": [seg(s) for s in self.leftovers],
-                "bytes_freed" if self.applied else "bytes_to_free":
-                    self.bytes_freed if self.applied else self.bytes_to_free,
+                "bytes_to_free": self.bytes_to_free, "bytes_freed": self.bytes_freed,
                 "notes": self.notes}
 
 

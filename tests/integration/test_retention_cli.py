@@ -35,6 +35,7 @@ def test_wal_prune_dry_run_json_then_prune_and_pruned_ranges_exit_3(tmp_path):
     dry = json.loads(ev("wal", "prune", "--data-dir", str(tmp_path), "--before-seq", "1000000000", "--dry-run",
                         "--json").stdout)
     assert dry["dry_run"] and not dry["applied"] and dry["would_remove"] and seg_names(tmp_path) == before
+    assert dry["removed"] == [] and dry["bytes_freed"] == 0
     assert dry["bytes_to_free"] == sum(s["bytes"] for s in dry["would_remove"]) > 0
     assert dry["rule"] == "oldest valid snapshot" and dry["floor"] == dry["base_snapshot_seq"] + 1
     done = json.loads(ev("wal", "prune", "--data-dir", str(tmp_path), "--before-seq", "1000000000",
