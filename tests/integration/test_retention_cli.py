@@ -51,7 +51,7 @@ def test_wal_prune_dry_run_json_then_prune_and_pruned_ranges_exit_3(tmp_path):
         assert proc.returncode == 3, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: PrunedRangeError: seqs 1..")
-        assert f"earliest seq" in lines[0] and "retention.json" in lines[0]
+        assert "earliest seq" in lines[0] and "retention.json" in lines[0]
     out = ev("replay", "--data-dir", str(tmp_path), "--to-seq", str(first + 2)).stdout.splitlines()
     assert [json.loads(x)["seq"] for x in out] == [first, first + 1, first + 2]
     book = json.loads(ev("inspect", "--data-dir", str(tmp_path), "--at-seq", str(summary["last_seq"]),

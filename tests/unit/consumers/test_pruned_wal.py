@@ -61,7 +61,7 @@ def test_settlement_gap_in_the_pruned_range_names_it(tmp_path, pruned):
     with pytest.raises(GapError) as err:
         store.apply(ledger[k - 3:])                        # two entries of the pruned range missing
     msg = str(err.value)
-    assert "were pruned" in msg and f"earliest" in msg and "retention.json" in msg
+    assert "were pruned" in msg and "earliest" in msg and "retention.json" in msg
 
 
 def test_settlement_gap_in_the_retained_range_is_filled(tmp_path, pruned):

@@ -16,8 +16,7 @@ from engine.io.synthetic import SyntheticSource
 from engine.service import Engine, EngineConfig
 from eventstore import PrunedRangeError, SegmentInfo, WalReader, list_segments, read_retention, retention_lock
 from recovery import PrunedWalGapError, open_data_dir, recover, verify
-from recovery.retention import (KafkaMarks, RetainPolicy, SnapFact, parse_policy, plan_prune, prune_wal,
-                                snapshot_facts)
+from recovery.retention import KafkaMarks, RetainPolicy, SnapFact, parse_policy, plan_prune, prune_wal
 from snapshot import SnapshotWriter, list_snapshots, load_snapshot
 from tests.support.files import flip_byte
 
@@ -353,7 +352,7 @@ def test_parse_policy():
         with pytest.raises(ValueError):
             parse_policy(bad)
     with pytest.raises(ValueError):
-        EngineConfig and Engine(EngineConfig(data_dir="/nonexistent", wal_retain="7 weeks"))
+        Engine(EngineConfig(data_dir="/nonexistent", wal_retain="7 weeks"))
 
 
 def _segs(starts, raw_last=True):
