@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 __all__ = ["EventStoreError", "CorruptRecordError", "WalSequenceError", "WriterDiedError",
-           "AtomicWriteError", "WalWriteError", "describe_os_error"]
+           "AtomicWriteError", "WalWriteError", "describe_os_error", "PrunedRangeError"]
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -123,3 +123,31 @@ class AtomicWriteError(EventStoreError):
         self.path = path
         self.step = step
         self.cause = cause
+
+
+class PrunedRangeError(EventStoreError):
+    """A read asked for sequence numbers that a WAL prune removed on purpose
+    (``wal/retention.json``, see ``FORMAT.md``), or a state before the
+    earliest one the retained WAL and snapshots can rebuild.
+
+    Attributes:
+        where: the WAL (or data) directory.
+        requested_seq: the seq asked for.
+        earliest_seq: the earliest seq available for this kind of read.
+        pruned_before_seq: every seq below it was pruned.
+        pruned_at: when (ISO 8601 UTC).
+        record: path of the retention record.
+    """
+
+    def __init__(self, where: str, requested_seq: int, earliest_seq: int, pruned_before_seq: int,
+                 pruned_at: str, record: str, what: str = "seq available") -> None:
+        super().__init__(
+            f"seqs 1..{pruned_before_seq - 1} of {where} were pruned ({os.path.basename(record) or record}, "
+            f"{pruned_at}); the earliest {what} is {earliest_seq} (asked for seq {requested_seq})")
+        self.where = where
+        self.requested_seq = requested_seq
+        self.earliest_seq = earliest_seq
+        self.pruned_before_seq = pruned_before_seq
+        self.pruned_at = pruned_at
+        self.record = record
+        self.what = what

@@ -19,7 +19,7 @@ import gc
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Iterable, Optional
 
 from eventstore.fsio import atomic_write
 
@@ -95,16 +95,22 @@ class SnapshotWriter:
             one is complete.
         zstd_level: compression of the body.
         in_child: called first thing in the child (close inherited fds).
+        prune_guard: ``prune_guard()`` is a context manager entered around
+            each pruning; it yields the seqs that must be kept (the base of a
+            pruned WAL), or ``None`` to skip this pruning (a WAL prune holds
+            the retention lock: the next one catches up).
 
     At most one child runs at a time (:attr:`running`).
     """
 
     def __init__(self, snap_dir: str, *, retain: int = 3, zstd_level: int = 1,
-                 in_child: Optional[Callable[[], None]] = None) -> None:
+                 in_child: Optional[Callable[[], None]] = None,
+                 prune_guard: Optional[Callable[[], ContextManager[Optional[Iterable[int]]]]] = None) -> None:
         os.makedirs(snap_dir, exist_ok=True)
-        prune(snap_dir, retain, clean_tmp=True)
         self.snap_dir = snap_dir
         self.retain = retain
+        self.prune_guard = prune_guard
+        self._prune(clean_tmp=True)
         self.zstd_level = zstd_level
         self.in_child = in_child
         self.running: Optional[SnapshotJob] = None
@@ -166,10 +172,18 @@ class SnapshotWriter:
         self.running = None
         if job.status == 0:
             self.completed.append(job)
-            prune(self.snap_dir, self.retain)
+            self._prune()
         else:
             self.failed.append(job)
         return job
+
+    def _prune(self, clean_tmp: bool = False) -> list[str]:
+        if self.prune_guard is None:
+            return prune(self.snap_dir, self.retain, clean_tmp=clean_tmp)
+        with self.prune_guard() as keep:
+            if keep is None:
+                return []
+            return prune(self.snap_dir, self.retain, clean_tmp=clean_tmp, keep=keep)
 
     def check(self, job: SnapshotJob) -> SnapshotJob:
         """Raise :class:`SnapshotFailedError` if ``job`` failed; else return it."""

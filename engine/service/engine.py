@@ -19,6 +19,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -29,7 +30,8 @@ from engine.core import LOGGED_KINDS, BadInput, Command, Kind, Matcher
 from engine.io.shard import DEFAULT_SHARD, claim_shard
 from eventstore import WalWriter, WalWriteError, free_bytes
 from recovery import Recovery, recover, snapshot_dir, wal_dir
-from snapshot import SnapshotJob, SnapshotWriter
+from recovery.retention import SnapFact, event_ts, parse_policy, prune_wal, snapshot_prune_guard
+from snapshot import SnapshotJob, SnapshotWriter, list_snapshots
 
 from .control import ControlRequest, ControlServer
 from .output_gate import OutputGate, Sink
@@ -109,6 +111,13 @@ class EngineConfig:
             orders (``scripts/bench.py``); the engine makes no reference cycles
             (``tests/unit/recovery/test_recover.py`` checks), so reference
             counting frees everything. Restored on close.
+        wal_retain: the WAL retention policy (``recovery.retention.parse_policy``:
+            ``"K"`` events, a duration by ``ts_ns`` such as ``"7d"``, or
+            ``"K,7d"``), applied after each successful snapshot: sealed
+            segments wholly before the floor are unlinked
+            (``recovery.retention``: never what recovery, the oldest retained
+            valid snapshot or the Kafka watermarks need). ``None``: the WAL
+            is kept whole.
     """
 
     data_dir: str = "data"
@@ -125,6 +134,7 @@ class EngineConfig:
     pause_cyclic_gc: bool = True
     shard: Optional[str] = None
     snapshot_retry_s: float = 10.0
+    wal_retain: Optional[str] = None
 
 
 @dataclass
@@ -150,6 +160,8 @@ class RunSummary:
     fsyncs: int = 0
     snapshots_failed: int = 0
     unwritten_events: int = 0
+    wal_segments_pruned: int = 0
+    wal_bytes_freed: int = 0
     stopped_by: str = "end of input"
 
     @property
@@ -191,6 +203,10 @@ class Engine:
         self._good_snapshot_seq = 0
         self._snapshot_retry_at = 0.0
         self.snapshot_error: Optional[str] = None
+        self._wal_policy = parse_policy(config.wal_retain)   # ValueError: a bad --wal-retain
+        self._snap_facts: dict = {}        # seq -> SnapFact of snapshots known valid (WAL retention)
+        self._snap_fact_pending: Optional[SnapFact] = None
+        self._retention_thread: Optional[threading.Thread] = None
         self.summary = RunSummary()
 
     # -------------------------------------------------------------- lifecycle
@@ -240,8 +256,11 @@ class Engine:
         if cfg.pause_cyclic_gc:
             gc.collect()
             gc.freeze()
+        if rec.snapshot is not None and rec.snapshot_marks is not None:
+            self._snap_facts[rec.snapshot.seq] = SnapFact(rec.snapshot.seq, True, *rec.snapshot_marks)
         self.snapshots = SnapshotWriter(snapshot_dir(cfg.data_dir), retain=cfg.snapshot_retain,
-                                        in_child=self._in_snapshot_child)
+                                        in_child=self._in_snapshot_child,
+                                        prune_guard=snapshot_prune_guard(cfg.data_dir))
         if cfg.control_socket:
             self.control = ControlServer(os.path.join(cfg.data_dir, "control.sock"))
         s = self.summary
@@ -266,6 +285,7 @@ class Engine:
 
     def _release_process(self) -> None:
         """Give back what open took from the process: CPUs, the GC, the lock."""
+        self._join_retention()
         if self._cpus is not None:
             os.sched_setaffinity(0, self._cpus)
             self._cpus = None
@@ -562,6 +582,8 @@ class Engine:
 
         job = self.snapshots.start(seq, self.matcher.export_state, wait_durable)
         self._last_snapshot_seq = seq
+        self._snap_fact_pending = SnapFact(seq, True, self.matcher.match_sequence, self.matcher.accounts.ledger_seq,
+                                           self._ts_at(seq))
         self.summary.fork_pauses_ms.append(round(job.fork_pause_ms, 3))
         log.info("snapshot at seq %d: fork paused the engine %.3f ms (child pid %d)", seq, job.fork_pause_ms, job.pid)
         return job
@@ -583,6 +605,10 @@ class Engine:
             self.snapshot_error = None
             log.info("snapshot at seq %d written to %s in %.1f ms", job.seq, job.path,
                      (job.finished_ns - job.started_ns) / 1e6)
+            fact = self._snap_fact_pending
+            if fact is not None and fact.seq == job.seq:
+                self._snap_facts[job.seq] = fact
+            self._apply_wal_retention()
             answer = {"ok": True, "seq": job.seq, "path": os.path.abspath(job.path),
                       "fork_pause_ms": round(job.fork_pause_ms, 3),
                       "write_ms": round((job.finished_ns - job.started_ns) / 1e6, 3)}
@@ -602,6 +628,57 @@ class Engine:
         for req in self._snapshot_waiters:
             req.reply(answer)
         self._snapshot_waiters = []
+
+    def _ts_at(self, seq: int) -> Optional[int]:
+        """``ts_ns`` of the command whose step holds ``seq``, from the in-memory
+        event buffer (``None`` once it left the buffer)."""
+        buf = self.wal.buffer
+
+        def read(s: int) -> Any:
+            if s < 1 or not buf.covers(s) or s > buf.last_seq:
+                return None
+            got = buf.read(s, s, durable_seq=s)
+            return got[0][1] if got else None
+        return event_ts(read, seq)
+
+    def _apply_wal_retention(self) -> None:
+        """After a successful snapshot (and its catalog pruning): unlink the
+        sealed WAL segments the policy lets go (``recovery.retention``),
+        deciding from what the engine knows (no snapshot is loaded). The
+        record's fsyncs and the unlinks run on a thread (they release the
+        GIL: matching goes on); one at a time, a busy one skips this round.
+        Skipped too if a ``wal prune`` holds the retention lock; never fatal."""
+        if self._wal_policy is None:
+            return
+        if self._retention_thread is not None and self._retention_thread.is_alive():
+            return
+        on_disk = {i.seq for i in list_snapshots(snapshot_dir(self.config.data_dir))}
+        self._snap_facts = {s: f for s, f in self._snap_facts.items() if s in on_disk}
+        last = min(self.matcher.last_seq, self.wal.durable_seq)   # what a crash now would keep
+        args = (dict(self._snap_facts), (last, self._ts_at(last)))
+        self._retention_thread = threading.Thread(target=self._wal_retention, args=args, name="wal-retention",
+                                                  daemon=True)
+        self._retention_thread.start()
+
+    def _wal_retention(self, facts: dict, tail: tuple) -> None:
+        policy = self._wal_policy
+        try:
+            plan = prune_wal(self.config.data_dir, policy=policy, facts=facts, blocking=False, tail=tail,
+                             snapshot_retain=self.config.snapshot_retain)
+        except Exception as exc:  # noqa: BLE001 - retention must never stop matching
+            log.error("WAL retention failed: %s; the WAL is kept", exc)
+            return
+        if plan is not None and plan.applied:
+            self.summary.wal_segments_pruned += len(plan.remove) + len(plan.leftovers)
+            self.summary.wal_bytes_freed += plan.bytes_freed
+            log.info("WAL retention (%s): removed %d segment(s) before seq %s, %d bytes (rule: %s)",
+                     policy.spec, len(plan.remove), plan.pruned_before_seq, plan.bytes_freed, plan.rule)
+
+    def _join_retention(self) -> None:
+        t = self._retention_thread
+        if t is not None:
+            t.join()
+            self._retention_thread = None
 
     def _housekeeping(self) -> None:
         snaps = self.snapshots
