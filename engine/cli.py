@@ -14,6 +14,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="evengine: an event-sourced, durable order matching engine.")
 
+EXIT_IO = 74   # sysexits.h EX_IOERR: the WAL or a data file could not be written (a full disk, EIO)
+
 DataDir = typer.Option("data", "--data-dir", "-d", help="The engine's data directory (WAL, snapshots, control socket).")
 
 
@@ -25,6 +27,14 @@ def _setup_logging(verbose: bool) -> None:
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+PRUNED_EXIT = 3
+"""Exit code of a command asked about seqs a WAL prune removed (``evengine wal prune``)."""
+
+
+def _fail_pruned(exc: Exception) -> None:
+    _fail(f"{type(exc).__name__}: {exc}", PRUNED_EXIT)
 
 
 MetricsOpt = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT at /metrics (port 0: any "
@@ -118,6 +128,7 @@ def start(
     speed: float = typer.Option(0.0, help="Pace: X times the file's own clock (1 = real time); 0 = as fast as possible."),
     snapshot_every: int = typer.Option(1_000_000, help="Snapshot every N WAL events (0: only on demand)."),
     snapshot_retain: int = typer.Option(3, help="Snapshots kept."),
+    wal_retain: Optional[str] = typer.Option(None, "--wal-retain", help="After each snapshot remove sealed WAL segments no longer needed, keeping at least K events and/or a duration by ts_ns (e.g. 1000000, 7d, 1000000,7d); default: keep the WAL forever."),
     batch_max: int = typer.Option(256, help="Most commands per group-commit batch."),
     batch_linger_ms: float = typer.Option(0.25, help="A batch also ends once open this long (ms): Kafka, HTTP and --speed runs."),
     bulk_linger_ms: float = typer.Option(50.0, help="The same bound for a file run as fast as possible (ms; full frames); 0: use --batch-linger-ms."),
@@ -150,9 +161,13 @@ def start(
     """
     _setup_logging(verbose)
     _metrics_addr(metrics)
-    from engine.service import Engine, EngineConfig, EngineLockedError
+    from engine.service import Engine, EngineConfig
     from eventstore import EventStoreError
-    from recovery import RecoveryError
+    from recovery.retention import parse_policy
+    try:
+        parse_policy(wal_retain)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     if kafka is not None or http is not None:
         if source is not None:
             _fail("--source reads a file; it cannot be combined with --kafka or --http", 2)
@@ -161,7 +176,7 @@ def start(
                        partitions=partitions, http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
                        snapshot_retain=snapshot_retain, segment_size_mb=segment_size_mb,
                        print_trades=print_trades, json_summary=json_summary, pin_cpus=bool(pin_cpus), shard=shard,
-                       metrics=metrics)
+                       wal_retain=wal_retain, metrics=metrics)
         return
     if source is None:
         _fail("nothing to run: give --source FILE, --kafka BOOTSTRAP or --http HOST:PORT", 2)
@@ -173,12 +188,9 @@ def start(
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
                        batch_max=batch_max, batch_linger_ms=batch_linger_ms, bulk_linger_ms=bulk_linger_ms,
                        segment_size_bytes=int(segment_size_mb * (1 << 20)),
-                       pin_cpus=True if pin_cpus is None else pin_cpus, shard=shard)
+                       pin_cpus=True if pin_cpus is None else pin_cpus, shard=shard, wal_retain=wal_retain)
     engine = Engine(cfg)
-    try:
-        engine.open()
-    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
-        _fail(f"{exc}")
+    _open_engine(engine)
     metrics_server = None
     if metrics is not None:
         from engine.service.metrics import EngineCollector
@@ -201,10 +213,16 @@ def start(
         def on_batch(e: Engine) -> None:
             pos = e.matcher.positions.get(src.name)
             bar.update(task, completed=(pos + 1) if isinstance(pos, int) else 0, seq=e.wal.peek_durable())
-        with bar:
-            summary = engine.run(src, speed=speed, on_batch=on_batch)
+        try:
+            with bar:
+                summary = engine.run(src, speed=speed, on_batch=on_batch)
+        except EventStoreError as exc:
+            _fail(str(exc), EXIT_IO)
     else:
-        summary = engine.run(src, speed=speed)
+        try:
+            summary = engine.run(src, speed=speed)
+        except EventStoreError as exc:
+            _fail(str(exc), EXIT_IO)
     d = summary.as_dict()
     if json_summary:
         print(json.dumps(d))
@@ -225,6 +243,23 @@ def start(
         from engine.prom import wait_or_signal
         wait_or_signal(metrics_linger)
         metrics_server.close()
+
+
+def _open_engine(engine: Any) -> None:
+    """``engine.open()``, or exit with one line: 1 for a locked or damaged
+    directory, :data:`EXIT_IO` when it cannot be written (a full disk)."""
+    from engine.service import EngineLockedError
+    from eventstore import EventStoreError, WalWriteError, describe_os_error
+    from recovery import RecoveryError
+    try:
+        engine.open()
+    except WalWriteError as exc:
+        _fail(str(exc), EXIT_IO)
+    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
+        _fail(f"{exc}")
+    except OSError as exc:
+        _fail(f"cannot open {engine.config.data_dir}: {describe_os_error(exc)} ({exc.filename or 'a data file'})",
+              EXIT_IO)
 
 
 def _trade_printer() -> Any:
@@ -256,13 +291,13 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                    partitions: Optional[str],
                    http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
                    snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool,
-                   pin_cpus: bool, shard: Optional[str] = None, metrics: Optional[str] = None) -> None:
+                   pin_cpus: bool, shard: Optional[str] = None, wal_retain: Optional[str] = None,
+                   metrics: Optional[str] = None) -> None:
     """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
     import asyncio
-    from engine.service import Engine, EngineConfig, EngineLockedError
+    from engine.service import Engine, EngineConfig
     from engine.service.serve import parse_symbols, serve
     from eventstore import EventStoreError
-    from recovery import RecoveryError
     try:
         symbols = parse_symbols(add_symbol)
     except ValueError as exc:
@@ -280,12 +315,9 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                            partitions=parts)
     cfg = EngineConfig(data_dir=data_dir, snapshot_every=snapshot_every, snapshot_retain=snapshot_retain,
                        segment_size_bytes=int(segment_size_mb * (1 << 20)),
-                       pin_cpus=bool(pin_cpus), shard=shard)
+                       pin_cpus=bool(pin_cpus), shard=shard, wal_retain=wal_retain)
     engine = Engine(cfg)
-    try:
-        engine.open()
-    except (EngineLockedError, EventStoreError, RecoveryError, ValueError) as exc:
-        _fail(f"{exc}")
+    _open_engine(engine)
     collector = http_metrics = metrics_server = None
     if metrics is not None:
         from engine.gateway.metrics import HttpMetrics
@@ -302,14 +334,23 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
         extra = {"metrics_url": metrics_server.url} if metrics_server is not None else {}
         print(json.dumps({"ready": True, "last_seq": engine.matcher.last_seq, **info, **extra}), flush=True)
     stats: dict = {}
+    failure: Optional[BaseException] = None
     try:
         stats = asyncio.run(serve(engine, kafka=kcfg, http=bind, token=token, symbols=tuple(symbols),
                                   sinks=(_trade_printer(),) if print_trades else (), on_ready=ready,
                                   metrics=collector, http_metrics=http_metrics))
-    finally:
+    except EventStoreError as exc:   # the WAL syncer failed (an fsync error): stop, recover at restart
+        failure = exc
+    try:
         summary = engine.close()
+    except EventStoreError as exc:
+        failure = failure or exc
+        summary = engine.summary
+    finally:
         if metrics_server is not None:
             metrics_server.close()
+    if failure is not None:
+        _fail(str(failure), EXIT_IO)
     d = summary.as_dict()
     d.update({"kafka": stats} if stats else {})
     print(json.dumps(d) if json_summary else
@@ -407,21 +448,24 @@ def status(data_dir: str = DataDir) -> None:
 
 @app.command()
 def replay(
-    from_seq: int = typer.Option(1, "--from-seq", help="First sequence number (inclusive)."),
+    from_seq: Optional[int] = typer.Option(None, "--from-seq", help="First sequence number (inclusive; default: the first the WAL keeps)."),
     to_seq: Optional[int] = typer.Option(None, "--to-seq", help="Last sequence number (inclusive; default: the end)."),
     data_dir: str = DataDir,
 ) -> None:
     """Print the WAL's events, one JSON object per line: seq, kind (the code)
     and type (its name), the fields, and a reject's reason_name beside its
-    reason code."""
+    reason code. Exit 3 if --from-seq lies in a pruned range."""
     _require_data(data_dir)
     from engine.io.names import event_json
-    from eventstore import EventStoreError
+    from eventstore import EventStoreError, PrunedRangeError
     from recovery import open_data_dir
     out = sys.stdout
     try:
         for seq, obj in open_data_dir(data_dir).events(from_seq, to_seq):
             out.write(json.dumps(event_json(seq, obj)) + "\n")
+    except PrunedRangeError as exc:
+        out.flush()
+        _fail_pruned(exc)
     except EventStoreError as exc:
         out.flush()
         _fail(str(exc))
@@ -447,13 +491,15 @@ def inspect(
     data_dir: str = DataDir,
 ) -> None:
     """Time travel: the order book as it was right after event N, or at a
-    time (nearest keyframe or snapshot at or before it, then WAL replay)."""
+    time (nearest keyframe or snapshot at or before it, then WAL replay).
+    Exit 3 if that state lies before what a WAL prune kept."""
     _require_data(data_dir)
     if (at_seq is None) == (at_time is None):
         _fail("give exactly one of --at-seq and --at-time", 2)
     level = level.upper()
     if level not in ("L2", "L3"):
         _fail("--level must be L2 or L3", 2)
+    from eventstore import PrunedRangeError
     from recovery import open_data_dir
     history = open_data_dir(data_dir)
     try:
@@ -466,6 +512,8 @@ def inspect(
             frame = history.book(at_seq, symbol, depth, level="L3")
         else:
             book = history.book_at(at_seq, symbol, depth)
+    except PrunedRangeError as exc:
+        _fail_pruned(exc)
     except KeyError as exc:
         _fail(str(exc.args[0]))
     except ValueError as exc:
@@ -499,9 +547,12 @@ def order(
     counterparty, its queue rank over time, cancelled or filled."""
     _require_data(data_dir)
     _need_pandas()
+    from eventstore import PrunedRangeError
     from recovery import open_data_dir
     try:
         life = open_data_dir(data_dir).order(order_id, symbol)
+    except PrunedRangeError as exc:
+        _fail_pruned(exc)
     except KeyError as exc:
         _fail(str(exc.args[0]))
     except ValueError as exc:
@@ -546,11 +597,14 @@ def balances(
     withdrawals (equal, or the data is damaged: exit 1). Safe while an engine
     runs on the directory: it reads only durable events."""
     _require_data(data_dir)
+    from eventstore import PrunedRangeError
     from recovery import open_data_dir
     h = open_data_dir(data_dir)
     seq = h.last_seq if at_seq is None else at_seq
     try:
         report = h.balance_report(seq, account=account)
+    except PrunedRangeError as exc:
+        _fail_pruned(exc)
     except ValueError as exc:
         _fail(str(exc), 2)
     if json_out:
@@ -582,12 +636,14 @@ def verify(
         report = run_verify(data_dir)
     except EventStoreError as exc:
         _fail(str(exc))
-    bad = report["mismatches"] or report["snapshot_mismatches"] or report["damaged_snapshots"]
+    bad = (report["mismatches"] or report["snapshot_mismatches"] or report["damaged_snapshots"]
+           or report["wal_problems"])
     if json_out:
         print(json.dumps(report))
     else:
         for key in ("last_seq", "state_hash", "events", "trades_checked", "mismatches", "segments",
-                    "snapshots_checked", "snapshot_mismatches", "damaged_snapshots", "torn_tail"):
+                    "snapshots_checked", "snapshot_mismatches", "damaged_snapshots", "torn_tail",
+                    "pruned_before_seq", "base_snapshot_seq", "wal_problems"):
             typer.echo(f"{key}: {report[key]}")
         for line in report["mismatch_examples"]:
             typer.echo(f"  {line}")
@@ -650,6 +706,62 @@ from engine.consumers.settle_cli import settle, settlement_app  # noqa: E402 - i
 
 app.command("settle")(settle)
 app.add_typer(settlement_app, name="settlement")
+
+
+wal_app = typer.Typer(no_args_is_help=True, help="The write-ahead log: retention.")
+app.add_typer(wal_app, name="wal")
+
+
+@wal_app.command("prune")
+def wal_prune(
+    before_seq: Optional[int] = typer.Option(None, "--before-seq", min=1, help="Remove nothing at or after this seq."),
+    wal_retain: Optional[str] = typer.Option(None, "--wal-retain", help="A retention policy instead (or as well): K events kept, a duration by the events' ts_ns (30m, 12h, 7d), or both as K,DURATION."),
+    snapshot_retain: int = typer.Option(3, "--snapshot-retain", min=1, help="The engine's --snapshot-retain: the newest K snapshots are recovery's fallbacks, each keeps the WAL after it."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    data_dir: str = DataDir,
+) -> None:
+    """Remove sealed WAL segments wholly before the floor: the lowest of
+    --before-seq, the policy, the oldest valid snapshot + 1 and what the
+    Kafka watermarks need republished. Never anything recovery needs; safe
+    while an engine runs. Records the prune in wal/retention.json first."""
+    _require_data(data_dir)
+    from eventstore import EventStoreError
+    from recovery.retention import parse_policy, prune_wal
+    if before_seq is None and wal_retain is None:
+        _fail("give --before-seq N and/or --wal-retain POLICY", 2)
+    try:
+        policy = parse_policy(wal_retain)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if before_seq is None and policy is None:
+        _fail("--wal-retain off: nothing bounds the prune; give --before-seq N", 2)
+    try:
+        plan = prune_wal(data_dir, before_seq=before_seq, policy=policy, dry_run=dry_run,
+                         snapshot_retain=snapshot_retain)
+    except EventStoreError as exc:
+        _fail(str(exc))
+    assert plan is not None
+    d = plan.as_dict()
+    if json_out:
+        print(json.dumps(d))
+        return
+    gone = d["would_remove"]
+    verb = "removed" if plan.applied else "would remove"
+    typer.echo(f"floor: {plan.floor if plan.floor is not None else 'none (nothing may go)'}   rule: {plan.rule}")
+    typer.echo(f"base snapshot: {plan.base_snapshot_seq}   earliest seq kept: {plan.pruned_before_seq}")
+    for seg in gone:
+        typer.echo(f"  {verb} {seg['segment']} (seqs {seg['first_seq']}..{seg['last_seq']}, {seg['bytes']:,} bytes)")
+    for seg in d["leftovers"]:
+        typer.echo(f"  {verb} {seg['segment']} (left by an interrupted prune)")
+    freed = d["bytes_freed"] if plan.applied else d["bytes_to_free"]
+    if not dry_run and not plan.applied:
+        typer.echo("nothing to remove")
+    else:
+        typer.echo(f"{verb} {len(gone) + len(d['leftovers'])} segment(s), {freed:,} bytes"
+                   + (" (dry run)" if dry_run else ""))
+    for note in plan.notes:
+        typer.echo(f"note: {note}")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 
 from .errors import AtomicWriteError
 
-__all__ = ["fsync_dir", "atomic_write", "preallocate_keep_size"]
+__all__ = ["fsync_dir", "atomic_write", "preallocate_keep_size", "free_bytes"]
 
 _FALLOC_FL_KEEP_SIZE = 0x01   # linux/falloc.h
 _fallocate: Optional[Callable[..., int]] = None
@@ -42,6 +42,16 @@ def preallocate_keep_size(fd: int, size_bytes: int) -> bool:
     if _fallocate is None or size_bytes <= 0:
         return False
     return _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size_bytes) == 0
+
+
+def free_bytes(path: Union[str, os.PathLike]) -> Optional[int]:
+    """Bytes an unprivileged writer can still use on the file system holding
+    ``path`` (``statvfs``: ``f_bavail * f_frsize``); None if it cannot be asked."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def fsync_dir(path: Union[str, os.PathLike]) -> None:

@@ -25,12 +25,19 @@ one and the directory. Sealing: a background thread compresses each closed
 segment with zstandard once it is durable (``atomic_write`` of ``.seg.zst``,
 then unlink of the raw file); zstd releases the GIL while it compresses.
 
+Write errors (a full disk, EIO): :meth:`WalWriter.flush` cuts the segment
+back to where the failed frame began, keeps the frame queued and raises
+:class:`~eventstore.errors.WalWriteError`; the next ``flush`` writes it again.
+Nothing of it was durable, so nothing of it was acknowledged; the engine
+stops taking commands until a flush succeeds. An ``fdatasync`` error in the
+syncer is final (:class:`~eventstore.errors.WriterDiedError`; see there why).
+
 The format is in ``eventstore/FORMAT.md``.
 """
 
 from __future__ import annotations
 
-import errno
+import logging
 import mmap
 import os
 import queue
@@ -48,8 +55,8 @@ import msgpack
 import zstandard
 
 from .buffer import EventBuffer
-from .errors import WalSequenceError, WriterDiedError
-from .fsio import atomic_write, fsync_dir, preallocate_keep_size
+from .errors import AtomicWriteError, WalSequenceError, WalWriteError, WriterDiedError, describe_os_error
+from .fsio import atomic_write, free_bytes, fsync_dir, preallocate_keep_size
 from .segment import encode_frame_header, encode_segment_header, list_segments, segment_name
 
 __all__ = ["WalWriter", "CommitStats"]
@@ -58,6 +65,9 @@ _MSG = struct.Struct("<QQ")        # segment first_seq, last seq written
 _SHM = struct.Struct("<QQQQ")      # durable_seq, error errno (0 ok), syncs, sync ns total
 _U64 = struct.Struct("<Q")
 _SYNCER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "syncer.py")
+_SEAL_RETRY_S = 1.0
+
+log = logging.getLogger("evengine.wal")
 
 
 class CommitStats:
@@ -123,7 +133,14 @@ class WalWriter:
             pinning. :attr:`syncer_cpu` tells the CPU chosen (or None).
 
     Raises:
-        OSError: the directory or the first segment cannot be created.
+        OSError: the directory cannot be created.
+        WalWriteError: the first segment cannot be written (a full disk).
+
+    Attributes:
+        write_error: the :class:`WalWriteError` of the last failed write while
+            frames wait to be written again; None when the WAL is healthy.
+        unwritten_at_close: events :meth:`close` gave up on because they
+            could not be written (never durable, never acknowledged).
 
     Not thread-safe: one matching thread appends, flushes and polls.
     """
@@ -149,6 +166,12 @@ class WalWriter:
         self._count = 0
         self._t_first = 0
         self._inflight: deque[tuple[int, int, int]] = deque()   # (last seq, t_first ns, events)
+        # Frames flushed but not yet handed to the OS (a write failed):
+        # (header, payload, events, first seq, last seq, t_first ns).
+        self._unwritten: deque[tuple] = deque()
+        self._rotate_due = False
+        self.write_error: Optional[WalWriteError] = None
+        self.unwritten_at_close = 0
         self._closed = False
         self._died: Optional[str] = None
         self._seal_queue: "queue.Queue[Optional[tuple[int, int]]]" = queue.Queue()
@@ -183,7 +206,14 @@ class WalWriter:
             # empty and becomes the active one again (never seal the active one).
             if not info.sealed and compress_sealed and info.first_seq < next_seq:
                 self._seal_queue.put((info.first_seq, next_seq - 1))
-        self._open_segment(next_seq)
+        try:
+            self._open_segment(next_seq)
+        except OSError as exc:
+            os.close(req_w)          # the syncer sees EOF and exits
+            os.close(ack_r)
+            self._syncer.wait()
+            raise WalWriteError(self._segment_path(next_seq), 0, exc, first_seq=next_seq, last_seq=next_seq - 1,
+                                durable_seq=next_seq - 1, free_bytes=free_bytes(wal_dir)) from exc
         self._sealer = threading.Thread(target=self._seal_loop, name="wal-sealer", daemon=True)
         self._sealer.start()
 
@@ -213,7 +243,7 @@ class WalWriter:
         seq = self._next_seq
         self._next_seq = seq + 1
         if self._count >= self.max_frame_events:
-            self.flush()
+            self._flush_or_queue()
         return seq
 
     def extend(self, payloads: list) -> int:
@@ -226,7 +256,7 @@ class WalWriter:
         self._count += n
         self._next_seq += n
         if self._count >= self.max_frame_events:
-            self.flush()
+            self._flush_or_queue()
         return self._next_seq - 1
 
     def append_at(self, seq: int, payload: Any) -> None:
@@ -242,32 +272,87 @@ class WalWriter:
     def flush(self) -> None:
         """End the batch: write it as one frame and ask the syncer to fsync it.
         Rotates the segment once it is full. Cheap when nothing is pending.
+        Frames a failed write left queued are written first, in order.
 
         Raises:
-            WriterDiedError: the syncer is gone.
-            OSError: the write failed (disk full): the engine must stop.
+            WriterDiedError: the syncer is gone, or a failed frame could not
+                be cut off the segment (restart: recovery cuts it).
+            WalWriteError: the write failed (disk full, EIO): the segment is
+                cut back to its last whole frame and the frame stays queued
+                for the next ``flush``; :attr:`write_error` is set until one
+                succeeds.
         """
-        if not self._count:
-            return
         if self._died:
             raise WriterDiedError(self._died)
-        batch = self._batch
-        payload = self._packb(batch)   # one C call for the whole frame
-        self._batch = []
-        self.buffer.extend(batch)
-        first = self._next_seq - self._count
-        last = self._next_seq - 1
-        header = encode_frame_header(payload, first, self._count)
-        n = os.writev(self._fd, [header, payload])
-        if n != len(header) + len(payload):
-            raise OSError(errno.EIO, f"short write to {self._segment_path(self._seg_first)}")
-        self._seg_size += n
-        self._written_seq = last
-        self._inflight.append((last, self._t_first, self._count))
-        self._count = 0
-        self._notify(self._seg_first, last)
-        if self._seg_size >= self.segment_size_bytes:
-            self._rotate()
+        if self._count:
+            batch = self._batch
+            payload = self._packb(batch)   # one C call for the whole frame
+            self._batch = []
+            first = self._next_seq - self._count
+            self._unwritten.append((encode_frame_header(payload, first, self._count), payload, batch, first,
+                                    self._next_seq - 1, self._t_first))
+            self._count = 0
+        if self._unwritten or self._rotate_due:
+            self._write_unwritten()
+
+    def _flush_or_queue(self) -> None:
+        """:meth:`flush` inside an append (a full frame): a write error leaves
+        the frame queued and is reported by the next explicit ``flush``, so a
+        caller's append never fails halfway through a command's events."""
+        try:
+            self.flush()
+        except WalWriteError:
+            pass
+
+    def _write_unwritten(self) -> None:
+        unwritten = self._unwritten
+        while True:
+            if self._rotate_due:
+                self._rotate()
+            if not unwritten:
+                return
+            header, payload, batch, first, last, t_first = unwritten[0]
+            size = len(header) + len(payload)
+            try:
+                n = os.writev(self._fd, [header, payload])
+                if n != size:   # a short write (the disk filled up): the rest, or the reason
+                    rest = memoryview(header + payload)[n:]
+                    while rest:
+                        rest = rest[os.write(self._fd, rest):]
+            except OSError as exc:
+                self._write_failed(exc, first, last)
+            unwritten.popleft()
+            self._seg_size += size
+            self._written_seq = last
+            self.buffer.extend(batch)
+            self._inflight.append((last, t_first, last - first + 1))
+            if self.write_error is not None:
+                log.warning("WAL writes resumed: %s is writable again (events up to seq %d written)",
+                            self._segment_path(self._seg_first), last)
+                self.write_error = None
+            self._notify(self._seg_first, last)
+            if self._seg_size >= self.segment_size_bytes:
+                self._rotate_due = True
+
+    def _write_failed(self, cause: OSError, first: int, last: int) -> None:
+        """Cut what a failed frame left in the segment; raise the error."""
+        path = self._segment_path(self._seg_first)
+        try:
+            os.ftruncate(self._fd, self._seg_size)
+        except OSError as exc:
+            self._fail(f"writing {path} failed ({describe_os_error(cause)}) and the partial frame at byte "
+                       f"{self._seg_size} could not be cut off ({describe_os_error(exc)}); restart the engine: "
+                       f"recovery cuts the torn tail")
+            raise WriterDiedError(self._died) from cause
+        self.write_error = WalWriteError(path, self._seg_size, cause, first_seq=first, last_seq=last,
+                                         durable_seq=self.peek_durable(), free_bytes=free_bytes(self.wal_dir))
+        raise self.write_error from cause
+
+    @property
+    def unwritten_events(self) -> int:
+        """Events appended but not yet handed to the OS (the open batch and
+        any frames a failed write left queued)."""
+        return self._next_seq - 1 - self._written_seq
 
     def _notify(self, seg_first: int, upto: int) -> None:
         try:
@@ -282,21 +367,42 @@ class WalWriter:
     def _open_segment(self, first_seq: int) -> None:
         path = self._segment_path(first_seq)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        # Blocks for the whole segment now, its size unchanged (FORMAT.md: a
-        # segment is only the bytes written): appends then never allocate while
-        # the syncer's fdatasync writes back the blocks before them.
-        preallocate_keep_size(fd, self.segment_size_bytes)
-        header = encode_segment_header(first_seq)
-        os.write(fd, header)
+        try:
+            # Blocks for the whole segment now, its size unchanged (FORMAT.md: a
+            # segment is only the bytes written): appends then never allocate while
+            # the syncer's fdatasync writes back the blocks before them.
+            preallocate_keep_size(fd, self.segment_size_bytes)
+            header = memoryview(encode_segment_header(first_seq))
+            size = len(header)
+            while header:
+                header = header[os.write(fd, header):]
+        except OSError:
+            os.close(fd)
+            try:
+                os.unlink(path)   # a header-less file would be a torn segment
+            except OSError:
+                pass
+            raise
         self._fd = fd
         self._seg_first = first_seq
-        self._seg_size = len(header)
+        self._seg_size = size
         # Tell the syncer now, so the new file and its directory entry get synced.
         self._notify(first_seq, self._written_seq)
 
     def _rotate(self) -> None:
+        """Start the next segment at the next seq to be written; the old one
+        is closed and queued for sealing. On a write error the old segment
+        stays the active one and the rotation is tried again at the next flush."""
         old_first, old_fd, old_size = self._seg_first, self._fd, self._seg_size
-        self._open_segment(self._next_seq)
+        first = self._written_seq + 1
+        try:
+            self._open_segment(first)
+        except OSError as exc:
+            self.write_error = WalWriteError(self._segment_path(first), 0, exc, first_seq=first,
+                                             last_seq=first - 1, durable_seq=self.peek_durable(),
+                                             free_bytes=free_bytes(self.wal_dir))
+            raise self.write_error from exc
+        self._rotate_due = False
         _release_preallocation(old_fd, old_size)
         os.close(old_fd)
         if self.compress_sealed:
@@ -312,7 +418,9 @@ class WalWriter:
         """
         durable, err, _, _ = _SHM.unpack_from(self._shm, 0)
         if err:
-            self._fail(f"the WAL syncer failed: {os.strerror(err)} (errno {err})")
+            self._fail(f"the WAL syncer's fdatasync in {self.wal_dir} failed: {os.strerror(err)} (errno {err}); "
+                       f"events after seq {durable} may not be on disk, and a failed fsync is not retried "
+                       f"(the kernel may have dropped the pages); restart to recover from what is on disk")
         if self._died:
             raise WriterDiedError(self._died)
         if self._inflight and self._inflight[0][0] <= durable:
@@ -338,8 +446,10 @@ class WalWriter:
 
         Raises:
             WriterDiedError: the syncer failed or exited while waiting.
+            WalWriteError: ``seq`` is not written yet and writing it failed.
         """
-        self.flush()
+        if seq > self._written_seq:
+            self.flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.durable_seq < seq:
             self._check_syncer()
@@ -387,10 +497,24 @@ class WalWriter:
                 if durable >= last_seq or err:
                     break
                 time.sleep(0.005)
-            try:
-                seal_segment(self.wal_dir, first_seq, self.zstd_level)
-            except OSError:
-                pass  # left raw: still a valid segment, sealed again at the next start
+            failed = False
+            while True:
+                try:
+                    seal_segment(self.wal_dir, first_seq, self.zstd_level)
+                    if failed:
+                        log.warning("sealed %s after all", segment_name(first_seq))
+                    break
+                except (OSError, AtomicWriteError) as exc:
+                    # A full disk has no room for the compressed copy: the raw
+                    # segment stays valid; try again until space comes back
+                    # (or at the next start, if the writer closes first).
+                    if not failed:
+                        log.warning("sealing %s failed, retrying every %.0f s: %s", segment_name(first_seq),
+                                    _SEAL_RETRY_S, exc)
+                        failed = True
+                    if self._closed:
+                        break
+                    time.sleep(_SEAL_RETRY_S)
 
     # ------------------------------------------------------------- closing
     def close_in_child(self) -> None:
@@ -404,7 +528,9 @@ class WalWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush, wait until everything appended is durable, stop the syncer and
-        the sealer (letting it finish the segments queued).
+        the sealer (letting it finish the segments queued). Events that still
+        cannot be written (a full disk) are given up: they were never durable,
+        so never acknowledged; :attr:`unwritten_at_close` counts them.
 
         Raises:
             WriterDiedError: the syncer failed before all was durable.
@@ -413,7 +539,13 @@ class WalWriter:
             return
         try:
             if not self._died:
-                self.wait_durable(self._next_seq - 1, timeout)
+                try:
+                    self.flush()
+                except WalWriteError as exc:
+                    self.unwritten_at_close = self.unwritten_events
+                    log.debug("closing the WAL with %d event(s) unwritten (never acknowledged): %s",
+                              self.unwritten_at_close, exc)
+                self.wait_durable(self._written_seq, timeout)
         finally:
             self._closed = True
             os.close(self._req_w)

@@ -290,9 +290,10 @@ def bbo(h: History, from_seq: int, to_seq: int, symbol: str, every: Optional[str
     return df
 
 
-def trades(h: History, from_seq: int = 1, to_seq: Optional[int] = None,
+def trades(h: History, from_seq: Optional[int] = None, to_seq: Optional[int] = None,
            symbol: Optional[str] = None) -> pd.DataFrame:
-    """Trades logged in ``from_seq..to_seq`` (inclusive), from the WAL (no replay).
+    """Trades logged in ``from_seq..to_seq`` (inclusive; ``from_seq=None``: from
+    the first event the WAL keeps), from the WAL (no replay).
 
     Columns: ``seq`` (the trade's own WAL seq), ``ts``, ``match_id``, ``symbol``,
     ``symbol_seq``, ``price`` (the maker's), ``qty``, ``taker_side``

@@ -228,6 +228,10 @@ class Timeline:
         self._cmd_ts = array("q")
         self._ts_max = array("q")
         self._ts_scanned = 0
+        # Set by History on a pruned WAL: raises PrunedRangeError for a seq
+        # before the earliest state the retained WAL and snapshots rebuild.
+        self.check_seq: Optional[Callable[[int], None]] = None
+        self.earliest: Optional[Callable[[], Optional[int]]] = None
 
     # ------------------------------------------------------------------ bases
     def _add_keyframe(self, cursor: Cursor) -> None:
@@ -313,6 +317,8 @@ class Timeline:
         """
         if seq < 0:
             raise ValueError(f"seq must be >= 0, got {seq}")
+        if self.check_seq is not None:
+            self.check_seq(seq)
         if seq > self.wal.last_seq:
             self.wal.refresh()
             if seq > self.wal.last_seq:
@@ -421,7 +427,11 @@ class Timeline:
         self.wal.refresh()
         last = self.wal.last_seq if to_seq is None else min(to_seq, self.wal.last_seq)
         first = self.wal.first_seq
-        cursor = self.seek(0 if first in (None, 1) else first - 1)
+        start = 0 if first in (None, 1) else first - 1
+        earliest = self.earliest() if self.earliest is not None else None
+        if earliest is not None and earliest > start:
+            start = earliest   # a pruned WAL: from the base the prune kept
+        cursor = self.seek(start)
         n = self._advance(cursor, last)
         self.stats.index_events += n
         self.stats.replayed_events += n

@@ -15,7 +15,7 @@ from engine.core import Matcher
 from eventstore import TornTail, WalReader, WalScan, fsync_dir
 from snapshot import SnapshotInfo, newest_valid
 
-from .errors import WalGapError
+from .errors import PrunedWalGapError, WalGapError
 from .replay import Replayer
 
 __all__ = ["Recovery", "recover", "wal_dir", "snapshot_dir"]
@@ -45,6 +45,8 @@ class Recovery:
         pending: events replay derived that the WAL lacks (the tail was cut
             between a command and its trades): the engine appends them first.
         skipped_snapshots: ``(path, reason)`` of damaged snapshots passed over.
+        snapshot_marks: ``(match_sequence, ledger_seq)`` of the snapshot's
+            state (``None`` without one), for WAL retention.
     """
 
     matcher: Matcher
@@ -55,6 +57,7 @@ class Recovery:
     torn_tail: Optional[TornTail]
     pending: list
     skipped_snapshots: list = field(default_factory=list)
+    snapshot_marks: Optional[tuple] = None
 
     @property
     def next_seq(self) -> int:
@@ -84,7 +87,8 @@ def recover(data_dir: str, *, repair: bool = True, trade_history: int = 10_000) 
         CorruptRecordError, WalSequenceError: corruption before the WAL's tail
             (names segment and byte offset).
         ReplayMismatchError: replay disagrees with the log.
-        WalGapError: the WAL does not continue the snapshot.
+        WalGapError: the WAL does not continue the snapshot
+            (:class:`PrunedWalGapError` where that part was pruned on purpose).
     """
     reader = WalReader(wal_dir(data_dir))
     scan = reader.scan()
@@ -106,8 +110,16 @@ def recover(data_dir: str, *, repair: bool = True, trade_history: int = 10_000) 
         matcher = Matcher.from_state(state, trade_history)
     else:
         info, matcher = None, Matcher(trade_history)
-    if scan.first_seq is not None and scan.first_seq > matcher.last_seq + 1:
-        raise WalGapError(matcher.last_seq, scan.first_seq)
+    marks = (matcher.match_sequence, matcher.accounts.ledger_seq) if info is not None else None
+    first = scan.first_seq
+    if first is None and scan.segments:
+        first = scan.segments[0].first_seq    # segments with a header only
+    if first is not None and first > matcher.last_seq + 1:
+        rec = scan.retention
+        if rec is not None and first <= rec.pruned_before_seq:
+            raise PrunedWalGapError(matcher.last_seq, first, rec.pruned_at, rec.path, rec.base_snapshot_seq,
+                                    skipped)
+        raise WalGapError(matcher.last_seq, first)
     replayer = Replayer(matcher).feed_all(reader.read(matcher.last_seq + 1))
     return Recovery(matcher, scan, info, replayer.events, replayer.checked, scan.torn_tail,
-                    list(replayer.pending), skipped)
+                    list(replayer.pending), skipped, marks)

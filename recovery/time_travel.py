@@ -32,10 +32,12 @@ Source: eventsourcing's "snapshot + subsequent events" (STYLE.md, Absorb 4).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from engine.core import Kind, Matcher, Trade, decode_payload
-from eventstore import WalReader
+from eventstore import PrunedRangeError, RetentionRecord, WalReader, read_retention
+from snapshot import list_snapshots, load_snapshot
 
 from .keyframes import Stats, Timeline
 from .recover import snapshot_dir, wal_dir
@@ -61,6 +63,13 @@ class History:
 
     Attributes:
         stats: :class:`recovery.keyframes.Stats`, the replay counters.
+
+    A pruned WAL (``evengine wal prune``): events are read from
+    :attr:`pruned_before_seq` on and states are rebuilt from
+    :attr:`earliest_seq` on (the oldest valid snapshot the retained WAL
+    continues); asking for anything earlier raises
+    :class:`eventstore.PrunedRangeError` naming the range and the earliest
+    seq available.
     """
 
     def __init__(self, data_dir: str, trade_history: int = 10_000, *,
@@ -76,6 +85,68 @@ class History:
         self.wal = WalIndex(wal_dir(data_dir))
         self.wal.refresh()
         self.timeline = Timeline(self.wal, snapshot_dir(data_dir), keyframe_every, max_replay, trade_history)
+        self._valid_snaps: dict[tuple, bool] = {}
+        self.timeline.check_seq = self._check_state_seq
+        self.timeline.earliest = lambda: self.earliest_seq if self.retention() is not None else None
+
+    # ------------------------------------------------------------- retention
+    def retention(self) -> Optional[RetentionRecord]:
+        """The WAL's prune record (``None``: never pruned); read again each time."""
+        return read_retention(self.reader.wal_dir)
+
+    @property
+    def pruned_before_seq(self) -> int:
+        """The earliest event seq the WAL holds on purpose (1 if never pruned)."""
+        rec = self.retention()
+        return 1 if rec is None else rec.pruned_before_seq
+
+    @property
+    def earliest_seq(self) -> Optional[int]:
+        """The earliest seq whose state can be queried: 0 for a WAL never
+        pruned (the empty state before seq 1), else the oldest valid
+        snapshot at or after ``pruned_before_seq - 1``; ``None`` if none is
+        valid (no state can be rebuilt)."""
+        rec = self.retention()
+        if rec is None:
+            return 0
+        for info in list_snapshots(self.timeline.snap_dir):
+            if info.seq < rec.pruned_before_seq - 1:
+                continue
+            try:
+                st = os.stat(info.path)
+            except OSError:
+                continue
+            key = (info.path, st.st_ino, st.st_size, st.st_mtime_ns)
+            ok = self._valid_snaps.get(key)
+            if ok is None:
+                try:
+                    load_snapshot(info)
+                    ok = True
+                except Exception:  # noqa: BLE001 - damaged: not a base, as recovery skips it
+                    ok = False
+                self._valid_snaps[key] = ok
+            if ok:
+                return info.seq
+        return None
+
+    def _check_state_seq(self, seq: int) -> None:
+        rec = self.retention()
+        if rec is None:
+            return
+        earliest = self.earliest_seq
+        if earliest is None or seq < earliest:
+            if earliest is None:
+                raise PrunedRangeError(self.data_dir, seq, rec.pruned_before_seq, rec.pruned_before_seq,
+                                       rec.pruned_at, rec.path, "seq available, but no valid snapshot at or after "
+                                       f"seq {rec.pruned_before_seq - 1} rebuilds a state; first event")
+            raise PrunedRangeError(self.data_dir, seq, earliest, rec.pruned_before_seq, rec.pruned_at, rec.path,
+                                   "seq whose state can be rebuilt")
+
+    def _check_event_seq(self, seq: int) -> None:
+        rec = self.retention()
+        if rec is not None and seq < rec.pruned_before_seq:
+            raise PrunedRangeError(self.data_dir, seq, rec.pruned_before_seq, rec.pruned_before_seq,
+                                   rec.pruned_at, rec.path)
 
     # ----------------------------------------------------------- plain Python
     @property
@@ -105,6 +176,7 @@ class History:
 
         Raises:
             ValueError: ``seq`` is below 0 or beyond the WAL's last event.
+            PrunedRangeError: ``seq`` is before :attr:`earliest_seq` (pruned).
             CorruptRecordError, ReplayMismatchError: the history is damaged.
         """
         return self.timeline.detach(seq)
@@ -161,19 +233,27 @@ class History:
         pandas Timestamp; naive means UTC); see :meth:`Timeline.seq_at_time`."""
         return self.timeline.seq_at_time(to_ns(ts))
 
-    def events(self, from_seq: int = 1, to_seq: Optional[int] = None) -> Iterator[tuple[int, Any]]:
-        """``(seq, command or event)`` from the WAL, both bounds inclusive."""
+    def events(self, from_seq: Optional[int] = None, to_seq: Optional[int] = None) -> Iterator[tuple[int, Any]]:
+        """``(seq, command or event)`` from the WAL, both bounds inclusive
+        (``from_seq=None``: from the first event kept).
+
+        Raises:
+            PrunedRangeError: ``from_seq`` is in a pruned range.
+        """
+        if from_seq is None:
+            from_seq = self.pruned_before_seq
+        self._check_event_seq(from_seq)
         self.wal.refresh()
         for seq, payload in self.wal.read(from_seq, to_seq):
             yield seq, decode_payload(payload)
 
-    def trade_events(self, from_seq: int = 1, to_seq: Optional[int] = None,
+    def trade_events(self, from_seq: Optional[int] = None, to_seq: Optional[int] = None,
                      symbol: Optional[str] = None) -> list[Trade]:
         """``Trade`` tuples logged between the two sequence numbers (inclusive)."""
         return [obj for _, obj in self.events(from_seq, to_seq)
                 if isinstance(obj, Trade) and (symbol is None or obj.symbol == symbol)]
 
-    def trades_with_input(self, from_seq: int = 1, to_seq: Optional[int] = None
+    def trades_with_input(self, from_seq: Optional[int] = None, to_seq: Optional[int] = None
                           ) -> Iterator[tuple[int, Trade, Optional[str], Optional[int]]]:
         """``(seq, trade, source, source_pos)`` for every trade logged between
         the two sequence numbers (inclusive), with the input position of the
@@ -241,7 +321,7 @@ class History:
         from . import history
         return history.bbo(self, from_seq, to_seq, symbol, every)
 
-    def trades(self, from_seq: int = 1, to_seq: Optional[int] = None, symbol: Optional[str] = None) -> Any:
+    def trades(self, from_seq: Optional[int] = None, to_seq: Optional[int] = None, symbol: Optional[str] = None) -> Any:
         """Trades as a DataFrame; see :func:`recovery.history.trades` (tuples: :meth:`trade_events`)."""
         from . import history
         return history.trades(self, from_seq, to_seq, symbol)

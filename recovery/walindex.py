@@ -29,7 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
-from eventstore import CorruptRecordError, SegmentInfo, list_segments
+from eventstore import CorruptRecordError, PrunedRangeError, SegmentInfo, read_retention, retained_segments
 from eventstore.reader import decode_frame
 from eventstore.segment import (SEGMENT_HEADER_SIZE, Frame, TornTail, encode_segment_header,
                                 load_segment_bytes, scan_frames)
@@ -81,7 +81,14 @@ class WalIndex:
         Raises:
             CorruptRecordError, WalSequenceError: damage before the WAL's tail.
         """
-        infos = list_segments(self.wal_dir)
+        try:
+            return self._refresh()
+        except PrunedRangeError:
+            self._reset()              # a prune removed segments while they were indexed: start over
+            return self._refresh()
+
+    def _refresh(self) -> int:
+        infos = retained_segments(self.wal_dir)   # a crashed prune's leftovers are not read
         if len(infos) < len(self._segments) or any(
                 seg.info.first_seq != info.first_seq for seg, info in zip(self._segments, infos)):
             self._reset()    # segments were removed or replaced: start over
@@ -148,7 +155,15 @@ class WalIndex:
     def _sealed(self, info: SegmentInfo) -> bytes:
         data = self._sealed_bytes.get(info.path)
         if data is None:
-            data = load_segment_bytes(info)
+            try:
+                data = load_segment_bytes(info)
+            except FileNotFoundError:
+                rec = read_retention(self.wal_dir)
+                if rec is not None and info.first_seq < rec.pruned_before_seq:
+                    # Pruned while this index was open.
+                    raise PrunedRangeError(self.wal_dir, info.first_seq, rec.pruned_before_seq,
+                                           rec.pruned_before_seq, rec.pruned_at, rec.path) from None
+                raise
             self._sealed_bytes[info.path] = data
             while len(self._sealed_bytes) > max(1, self.cached_segments):
                 self._sealed_bytes.popitem(last=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from .codec import decode_snapshot
 from .errors import SnapshotFormatError
@@ -70,10 +70,11 @@ def newest_valid(snap_dir: str, at_or_before: Optional[int] = None,
     return None
 
 
-def prune(snap_dir: str, retain: int, *, clean_tmp: bool = False) -> list[str]:
+def prune(snap_dir: str, retain: int, *, clean_tmp: bool = False, keep: Iterable[int] = ()) -> list[str]:
     """Delete all but the newest ``retain`` snapshots (and, with ``clean_tmp``,
     temp files a killed writer left; only when no writer runs); return the
-    deleted paths."""
+    deleted paths. Snapshots whose seq is in ``keep`` stay whatever their
+    age (the base a pruned WAL continues: ``wal/retention.json``)."""
     removed = []
     try:
         for name in os.listdir(snap_dir):
@@ -83,7 +84,10 @@ def prune(snap_dir: str, retain: int, *, clean_tmp: bool = False) -> list[str]:
     except FileNotFoundError:
         return removed
     snaps = list_snapshots(snap_dir)
+    keep = set(keep)
     for info in snaps[:max(0, len(snaps) - retain)]:
+        if info.seq in keep:
+            continue
         try:
             os.unlink(info.path)
             removed.append(info.path)

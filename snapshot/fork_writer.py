@@ -14,11 +14,12 @@ Source: Redis ``rdbSaveBackground`` / ``stat_fork_time``.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Iterable, Optional
 
 from eventstore.fsio import atomic_write
 
@@ -26,7 +27,34 @@ from .catalog import prune, snapshot_name
 from .codec import encode_snapshot
 from .errors import SnapshotFailedError
 
-__all__ = ["SnapshotJob", "SnapshotWriter"]
+__all__ = ["SnapshotJob", "SnapshotWriter", "describe_exit", "EXIT_WAL_NOT_DURABLE", "EXIT_OS_ERROR"]
+
+EXIT_WAL_NOT_DURABLE = 2   # the WAL did not become durable through the snapshot's seq in time
+EXIT_OS_ERROR = 100        # + errno: writing the file failed (a full disk: 100 + ENOSPC = 128)
+
+
+def _child_exit_code(exc: BaseException) -> int:
+    cause = getattr(exc, "cause", exc)     # AtomicWriteError wraps the OSError
+    code = getattr(cause, "errno", None)
+    if isinstance(code, int) and 0 < code < 256 - EXIT_OS_ERROR:
+        return EXIT_OS_ERROR + code
+    return 1
+
+
+def describe_exit(status: Optional[int]) -> str:
+    """A snapshot child's exit status in words."""
+    if status is None:
+        return "still running"
+    if status == 0:
+        return "ok"
+    if status < 0:
+        return f"killed by signal {-status}"
+    if status == EXIT_WAL_NOT_DURABLE:
+        return "the WAL did not become durable through its seq in time"
+    if status > EXIT_OS_ERROR:
+        code = status - EXIT_OS_ERROR
+        return f"{os.strerror(code)} (errno {code}, {errno.errorcode.get(code, '?')})"
+    return f"the child exited with status {status}"
 
 
 @dataclass
@@ -51,6 +79,12 @@ class SnapshotJob:
     def fork_pause_ms(self) -> float:
         return self.fork_pause_ns / 1e6
 
+    @property
+    def reason(self) -> str:
+        """Why a finished child failed, from its exit status (see
+        :data:`EXIT_WAL_NOT_DURABLE`, :data:`EXIT_OS_ERROR`)."""
+        return describe_exit(self.status)
+
 
 class SnapshotWriter:
     """Forks snapshot children and reaps them.
@@ -61,16 +95,22 @@ class SnapshotWriter:
             one is complete.
         zstd_level: compression of the body.
         in_child: called first thing in the child (close inherited fds).
+        prune_guard: ``prune_guard()`` is a context manager entered around
+            each pruning; it yields the seqs that must be kept (the base of a
+            pruned WAL), or ``None`` to skip this pruning (a WAL prune holds
+            the retention lock: the next one catches up).
 
     At most one child runs at a time (:attr:`running`).
     """
 
     def __init__(self, snap_dir: str, *, retain: int = 3, zstd_level: int = 1,
-                 in_child: Optional[Callable[[], None]] = None) -> None:
+                 in_child: Optional[Callable[[], None]] = None,
+                 prune_guard: Optional[Callable[[], ContextManager[Optional[Iterable[int]]]]] = None) -> None:
         os.makedirs(snap_dir, exist_ok=True)
-        prune(snap_dir, retain, clean_tmp=True)
         self.snap_dir = snap_dir
         self.retain = retain
+        self.prune_guard = prune_guard
+        self._prune(clean_tmp=True)
         self.zstd_level = zstd_level
         self.in_child = in_child
         self.running: Optional[SnapshotJob] = None
@@ -105,10 +145,12 @@ class SnapshotWriter:
                 state = export_state()
                 data = encode_snapshot(state, self.zstd_level)
                 if wait_durable(seq):
-                    atomic_write(path, data)
+                    atomic_write(path, data)   # on failure the temp file is removed: never half published
                     code = 0
-            except BaseException:
-                code = 1
+                else:
+                    code = EXIT_WAL_NOT_DURABLE
+            except BaseException as exc:
+                code = _child_exit_code(exc)
             os._exit(code)
         pause = time.perf_counter_ns() - t0
         job = SnapshotJob(seq, path, pid, pause, t0)
@@ -130,10 +172,18 @@ class SnapshotWriter:
         self.running = None
         if job.status == 0:
             self.completed.append(job)
-            prune(self.snap_dir, self.retain)
+            self._prune()
         else:
             self.failed.append(job)
         return job
+
+    def _prune(self, clean_tmp: bool = False) -> list[str]:
+        if self.prune_guard is None:
+            return prune(self.snap_dir, self.retain, clean_tmp=clean_tmp)
+        with self.prune_guard() as keep:
+            if keep is None:
+                return []
+            return prune(self.snap_dir, self.retain, clean_tmp=clean_tmp, keep=keep)
 
     def check(self, job: SnapshotJob) -> SnapshotJob:
         """Raise :class:`SnapshotFailedError` if ``job`` failed; else return it."""

@@ -20,6 +20,7 @@ atomically: on an exception nothing of it stays.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from typing import Any, Iterable, Iterator, Optional
 from urllib.parse import urlparse
@@ -91,13 +92,23 @@ class SqliteDatabase(Database):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
+
+        Raises:
+            TransientDatabaseError: the file system is full or failed
+                (``SQLITE_FULL``, ``SQLITE_IOERR``): rolled back, nothing
+                committed; a consumer reconnects and applies the batch again.
+        """
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):   # SQLite may have rolled back already
+                self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _sqlite_io_error(exc):
+                raise TransientDatabaseError(f"{self.url}: {exc} ({_free_space(self.path)} free)") from None
             raise
-        self.conn.execute("COMMIT")
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> None:
         self.conn.execute(sql, tuple(params))
@@ -113,6 +124,20 @@ class SqliteDatabase(Database):
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _sqlite_io_error(exc: sqlite3.Error) -> bool:
+    """A full or failing disk (``SQLITE_FULL``, ``SQLITE_IOERR`` and its extended codes)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
+
+def _free_space(path: str) -> str:
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return "unknown"
+    return f"{st.f_bavail * st.f_frsize:,} bytes"
 
 
 class PostgresDatabase(Database):

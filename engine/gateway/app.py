@@ -510,7 +510,12 @@ class TradesOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "degraded", "failed"] = Field(
+        description="ok; degraded: the WAL cannot be written now (a full disk, EIO), so no command is taken "
+                    "and nothing new is acknowledged until it can (the engine retries by itself); failed: the "
+                    "engine stopped")
+    reason: Optional[str] = Field(None, description="why it is degraded or failed (path, error, free space); "
+                                                    "null when ok")
     entry: str
     last_seq: Optional[int]
     durable_seq: Optional[int]
@@ -636,13 +641,15 @@ def _entry_responses(route: tuple, embedded: bool, queued: bool, token: bool) ->
     if allowed["validation"]:
         text += ". Rules between fields no schema can state: " + ", ".join(allowed["validation"])
     out["422"] = _json(variants[0] if len(variants) == 1 else {"anyOf": variants}, text)
-    out["503"] = _json(_ref("ErrorOut"), "order entry unavailable (the engine stopped or failed, the broker is "
-                                         "unreachable or did not acknowledge)")
+    out["503"] = _json(_ref("ErrorOut"), "order entry unavailable (the engine stopped or failed, its WAL "
+                                         "cannot be written now (a full disk: nothing was submitted), the broker "
+                                         "is unreachable or did not acknowledge)")
     extra = {"rejects": allowed["rejects"] if embedded else [], "validation": allowed["validation"]}
     return out, extra
 
 
-_READ_503 = ("no engine in this process (a gateway that only does order entry), the engine failed, or it did not "
+_READ_503 = ("no engine in this process (a gateway that only does order entry), the engine failed, its WAL cannot "
+             "be written now (a full disk), or it did not "
              "pause at a durable point in time")
 
 
@@ -652,8 +659,9 @@ def _read_responses(route: tuple, has_view: bool) -> dict:
         out = {"200": _json({"allOf": [_ref("HealthOut"), {"properties": {"status": {"const": "ok"}}}]},
                             "the engine's sequence numbers (all null without an engine in this process)")}
         if has_view:
-            out["503"] = _json({"allOf": [_ref("HealthOut"), {"properties": {"status": {"const": "failed"}}}]},
-                               "the engine failed")
+            out["503"] = _json({"allOf": [_ref("HealthOut"),
+                                          {"properties": {"status": {"enum": ["degraded", "failed"]}}}]},
+                               "the engine is degraded (its WAL cannot be written now) or failed")
         return out
     model = {"/books/{symbol}": "BookOut", "/trades": "TradesOut", "/accounts/{account}": "AccountOut"}[path]
     out = {"200": _json(_ref(model), "the durable state")}
@@ -966,10 +974,13 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
             return {"status": "ok", "entry": entry.name, "last_seq": None, "durable_seq": None,
                     "match_sequence": None, "market_data_clients": None}
         m = view.engine.matcher
-        body = {"status": "ok" if view.failed is None else "failed", "entry": entry.name,
+        degraded = view.degraded
+        status = "failed" if view.failed is not None else "degraded" if degraded is not None else "ok"
+        reason = str(view.failed) if view.failed is not None else degraded
+        body = {"status": status, "reason": reason, "entry": entry.name,
                 "last_seq": m.last_seq, "durable_seq": view.engine.wal.peek_durable(),
                 "match_sequence": m.match_sequence, "market_data_clients": len(hub.clients)}
-        return body if view.failed is None else JSONResponse(body, status_code=503)
+        return body if status == "ok" else JSONResponse(body, status_code=503)
 
     @app.websocket("/ws/market-data")
     async def market_data(websocket: WebSocket, symbols: Optional[str] = None) -> None:

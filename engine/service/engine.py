@@ -19,6 +19,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -27,9 +28,10 @@ import msgpack
 
 from engine.core import LOGGED_KINDS, BadInput, Command, Kind, Matcher
 from engine.io.shard import DEFAULT_SHARD, claim_shard
-from eventstore import WalWriter
+from eventstore import WalWriter, WalWriteError, free_bytes
 from recovery import Recovery, recover, snapshot_dir, wal_dir
-from snapshot import SnapshotJob, SnapshotWriter
+from recovery.retention import SnapFact, event_ts, parse_policy, prune_wal, snapshot_prune_guard
+from snapshot import SnapshotJob, SnapshotWriter, list_snapshots
 
 from .control import ControlRequest, ControlServer
 from .metrics import EngineCounters
@@ -102,12 +104,21 @@ class EngineConfig:
         shard: this engine's shard id (``engine.io.shard``): written to the data
             directory the first time, checked against it later; ``None``:
             whatever the directory says (``"0"`` when nothing).
+        snapshot_retry_s: after a snapshot failed (a full disk), the next one
+            is tried no sooner than this (s); the previous snapshot stays.
         pause_cyclic_gc: while the engine is open, freeze what recovery built
             and switch off the cyclic garbage collector. Its full collections
             walk every resting order and stalled the loop 20-70 ms at 100,000
             orders (``scripts/bench.py``); the engine makes no reference cycles
             (``tests/unit/recovery/test_recover.py`` checks), so reference
             counting frees everything. Restored on close.
+        wal_retain: the WAL retention policy (``recovery.retention.parse_policy``:
+            ``"K"`` events, a duration by ``ts_ns`` such as ``"7d"``, or
+            ``"K,7d"``), applied after each successful snapshot: sealed
+            segments wholly before the floor are unlinked
+            (``recovery.retention``: never what recovery, the oldest retained
+            valid snapshot or the Kafka watermarks need). ``None``: the WAL
+            is kept whole.
     """
 
     data_dir: str = "data"
@@ -123,6 +134,8 @@ class EngineConfig:
     pin_cpus: bool = True
     pause_cyclic_gc: bool = True
     shard: Optional[str] = None
+    snapshot_retry_s: float = 10.0
+    wal_retain: Optional[str] = None
 
 
 @dataclass
@@ -146,6 +159,10 @@ class RunSummary:
     commit_p50_ms: float = 0.0
     commit_p99_ms: float = 0.0
     fsyncs: int = 0
+    snapshots_failed: int = 0
+    unwritten_events: int = 0
+    wal_segments_pruned: int = 0
+    wal_bytes_freed: int = 0
     stopped_by: str = "end of input"
 
     @property
@@ -184,6 +201,13 @@ class Engine:
         self._snapshot_waiters: list[ControlRequest] = []
         self._snapshot_requested = False
         self._last_snapshot_seq = 0
+        self._good_snapshot_seq = 0
+        self._snapshot_retry_at = 0.0
+        self.snapshot_error: Optional[str] = None
+        self._wal_policy = parse_policy(config.wal_retain)   # ValueError: a bad --wal-retain
+        self._snap_facts: dict = {}        # seq -> SnapFact of snapshots known valid (WAL retention)
+        self._snap_fact_pending: Optional[SnapFact] = None
+        self._retention_thread: Optional[threading.Thread] = None
         self.summary = RunSummary()
         self.counters = EngineCounters()     # what engine.service.metrics exports
         self._kind_counts = self.counters.commands
@@ -231,12 +255,15 @@ class Engine:
         for event in rec.pending:
             self.wal.append(event)
         self.wal.flush()
-        self._last_snapshot_seq = rec.snapshot.seq if rec.snapshot else 0
+        self._last_snapshot_seq = self._good_snapshot_seq = rec.snapshot.seq if rec.snapshot else 0
         if cfg.pause_cyclic_gc:
             gc.collect()
             gc.freeze()
+        if rec.snapshot is not None and rec.snapshot_marks is not None:
+            self._snap_facts[rec.snapshot.seq] = SnapFact(rec.snapshot.seq, True, *rec.snapshot_marks)
         self.snapshots = SnapshotWriter(snapshot_dir(cfg.data_dir), retain=cfg.snapshot_retain,
-                                        in_child=self._in_snapshot_child)
+                                        in_child=self._in_snapshot_child,
+                                        prune_guard=snapshot_prune_guard(cfg.data_dir))
         if cfg.control_socket:
             self.control = ControlServer(os.path.join(cfg.data_dir, "control.sock"))
         s = self.summary
@@ -261,6 +288,7 @@ class Engine:
 
     def _release_process(self) -> None:
         """Give back what open took from the process: CPUs, the GC, the lock."""
+        self._join_retention()
         if self._cpus is not None:
             os.sched_setaffinity(0, self._cpus)
             self._cpus = None
@@ -279,7 +307,11 @@ class Engine:
         s = self.summary
         try:
             if self.wal is not None:
-                self.wal.wait_durable(self.wal.next_seq - 1)
+                try:
+                    self.wal.flush()
+                except WalWriteError:
+                    pass   # what cannot be written was never acknowledged (WalWriter.close says how much)
+                self.wal.wait_durable(self.wal.written_seq)
                 self.gate.release(self.wal.durable_seq)
             if self.snapshots is not None and self.snapshots.running is not None:
                 self._snapshot_done(self.snapshots.poll(block=True))
@@ -295,6 +327,7 @@ class Engine:
                 s.commit_p99_ms = round(st.percentile_ms(99), 3)
                 self.wal.close()
                 s.fsyncs = self.wal.sync_counters()[0]
+                s.unwritten_events = self.wal.unwritten_at_close
             self._release_process()
         if self.matcher is not None:
             s.last_seq = self.matcher.last_seq
@@ -308,6 +341,14 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def degraded(self) -> Optional[str]:
+        """Why the engine cannot take commands now (the WAL cannot be written:
+        a full disk, EIO), or None when healthy. Outputs stop at the durable
+        seq meanwhile; a flush that succeeds clears it."""
+        err = self.wal.write_error if self.wal is not None else None
+        return None if err is None else str(err)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the loop to stop after the current batch (signal-handler safe)."""
@@ -377,10 +418,19 @@ class Engine:
 
     def end_batch(self) -> None:
         """End a group-commit batch: flush the frame, release what is durable,
-        reap or start snapshots, answer control requests."""
-        self.wal.flush()
-        self.gate.release(self.wal.durable_seq)
-        self._housekeeping()
+        reap or start snapshots, answer control requests.
+
+        Raises:
+            WalWriteError: the frame could not be written (see
+                :attr:`degraded`); it stays queued and the next call writes it
+                again. Housekeeping still ran.
+            WriterDiedError: the WAL syncer failed: stop.
+        """
+        try:
+            self.wal.flush()
+        finally:
+            self.gate.release(self.wal.durable_seq)
+            self._housekeeping()
 
     def run(self, source: Any, *, speed: float = 0.0,
             on_batch: Optional[Callable[["Engine"], None]] = None,
@@ -401,6 +451,12 @@ class Engine:
 
         Returns:
             The run's :class:`RunSummary` (the engine is closed).
+
+        Raises:
+            WalWriteError: the WAL could not be written (a full disk, EIO).
+                The engine is closed first: everything durable was released,
+                nothing after it was; a restart resumes after the last
+                durable input row.
         """
         m = self.matcher
         s = self.summary
@@ -414,6 +470,9 @@ class Engine:
                 commands = self._run_paced(it, speed, on_batch)
             else:
                 commands = self._run_fast(it, on_batch, self._linger_ms(source, batching))
+        except WalWriteError as exc:
+            self._stop_reason = f"WAL write error: {exc}"
+            raise
         finally:
             s.commands += commands
             s.seconds = time.perf_counter() - t0
@@ -530,6 +589,8 @@ class Engine:
 
         job = self.snapshots.start(seq, self.matcher.export_state, wait_durable)
         self._last_snapshot_seq = seq
+        self._snap_fact_pending = SnapFact(seq, True, self.matcher.match_sequence, self.matcher.accounts.ledger_seq,
+                                           self._ts_at(seq))
         self.summary.fork_pauses_ms.append(round(job.fork_pause_ms, 3))
         self.counters.fork_pause_s.observe(job.fork_pause_ns / 1e9)
         log.info("snapshot at seq %d: fork paused the engine %.3f ms (child pid %d)", seq, job.fork_pause_ms, job.pid)
@@ -549,18 +610,85 @@ class Engine:
         if job.ok:
             self.summary.snapshots += 1
             self.counters.snapshot_done(job)
+            self._good_snapshot_seq = job.seq
+            self.snapshot_error = None
             log.info("snapshot at seq %d written to %s in %.1f ms", job.seq, job.path,
                      (job.finished_ns - job.started_ns) / 1e6)
+            fact = self._snap_fact_pending
+            if fact is not None and fact.seq == job.seq:
+                self._snap_facts[job.seq] = fact
+            self._apply_wal_retention()
             answer = {"ok": True, "seq": job.seq, "path": os.path.abspath(job.path),
                       "fork_pause_ms": round(job.fork_pause_ms, 3),
                       "write_ms": round((job.finished_ns - job.started_ns) / 1e6, 3)}
         else:
-            log.error("snapshot at seq %d failed: child exited with status %s", job.seq, job.status)
+            # Never half published (the child writes a temp file and renames
+            # it); the previous snapshot stays the one recovery uses.
+            retry_s = self.config.snapshot_retry_s
+            self.summary.snapshots_failed += 1
             self.counters.snapshot_failures += 1
-            answer = {"ok": False, "seq": job.seq, "error": f"snapshot child exited with status {job.status}"}
+            self._last_snapshot_seq = self._good_snapshot_seq
+            self._snapshot_retry_at = time.monotonic() + retry_s
+            free = free_bytes(self.snapshots.snap_dir)
+            self.snapshot_error = (f"snapshot at seq {job.seq} failed: {job.reason} writing {job.path}.tmp; "
+                                   f"free space: {'unknown' if free is None else f'{free:,} bytes'}")
+            log.error("%s; the engine goes on, the previous snapshot stays, next try in %.0f s",
+                      self.snapshot_error, retry_s)
+            answer = {"ok": False, "seq": job.seq, "error": self.snapshot_error}
         for req in self._snapshot_waiters:
             req.reply(answer)
         self._snapshot_waiters = []
+
+    def _ts_at(self, seq: int) -> Optional[int]:
+        """``ts_ns`` of the command whose step holds ``seq``, from the in-memory
+        event buffer (``None`` once it left the buffer)."""
+        buf = self.wal.buffer
+
+        def read(s: int) -> Any:
+            if s < 1 or not buf.covers(s) or s > buf.last_seq:
+                return None
+            got = buf.read(s, s, durable_seq=s)
+            return got[0][1] if got else None
+        return event_ts(read, seq)
+
+    def _apply_wal_retention(self) -> None:
+        """After a successful snapshot (and its catalog pruning): unlink the
+        sealed WAL segments the policy lets go (``recovery.retention``),
+        deciding from what the engine knows (no snapshot is loaded). The
+        record's fsyncs and the unlinks run on a thread (they release the
+        GIL: matching goes on); one at a time, a busy one skips this round.
+        Skipped too if a ``wal prune`` holds the retention lock; never fatal."""
+        if self._wal_policy is None:
+            return
+        if self._retention_thread is not None and self._retention_thread.is_alive():
+            return
+        on_disk = {i.seq for i in list_snapshots(snapshot_dir(self.config.data_dir))}
+        self._snap_facts = {s: f for s, f in self._snap_facts.items() if s in on_disk}
+        last = min(self.matcher.last_seq, self.wal.durable_seq)   # what a crash now would keep
+        args = (dict(self._snap_facts), (last, self._ts_at(last)))
+        self._retention_thread = threading.Thread(target=self._wal_retention, args=args, name="wal-retention",
+                                                  daemon=True)
+        self._retention_thread.start()
+
+    def _wal_retention(self, facts: dict, tail: tuple) -> None:
+        policy = self._wal_policy
+        try:
+            plan = prune_wal(self.config.data_dir, policy=policy, facts=facts, blocking=False, tail=tail,
+                             snapshot_retain=self.config.snapshot_retain)
+        except Exception as exc:  # noqa: BLE001 - retention must never stop matching
+            log.error("WAL retention failed: %s; the WAL is kept", exc)
+            return
+        if plan is not None and plan.applied:
+            self.summary.wal_segments_pruned += len(plan.remove) + len(plan.leftovers)
+            self.summary.wal_bytes_freed += plan.bytes_freed
+            log.info("WAL retention (%s): removed %d segment(s) before seq %s, %d bytes (rule: %s)",
+                     policy.spec, len(plan.remove), plan.pruned_before_seq, plan.bytes_freed, plan.rule)
+
+    def _join_retention(self) -> None:
+        t = self._retention_thread
+        if t is not None:
+            t.join()
+            self._retention_thread = None
 
     def _housekeeping(self) -> None:
         snaps = self.snapshots
@@ -569,9 +697,10 @@ class Engine:
         if self.control is not None and not self.control.requests.empty():
             while not self.control.requests.empty():
                 self._handle_control(self.control.requests.get_nowait())
-        if snaps.running is None:
+        if snaps.running is None and self.wal.write_error is None:
             every = self.config.snapshot_every
-            if self._snapshot_requested or (every and self.matcher.last_seq - self._last_snapshot_seq >= every):
+            if self._snapshot_requested or (every and self.matcher.last_seq - self._last_snapshot_seq >= every
+                                            and time.monotonic() >= self._snapshot_retry_at):
                 self._snapshot_requested = False
                 try:
                     self.snapshot_now()
@@ -586,6 +715,7 @@ class Engine:
         elif op == "status":
             req.reply({"ok": True, "last_seq": self.matcher.last_seq, "durable_seq": self.wal.durable_seq,
                        "match_sequence": self.matcher.match_sequence, "positions": self.matcher.positions,
-                       "symbols": sorted(self.matcher.books), "snapshot_running": self.snapshots.running is not None})
+                       "symbols": sorted(self.matcher.books), "snapshot_running": self.snapshots.running is not None,
+                       "degraded": self.degraded, "snapshot_error": self.snapshot_error})
         else:
             req.reply({"ok": False, "error": f"unknown op {op!r} (known: snapshot, status)"})

@@ -284,9 +284,15 @@ class KafkaBridge:
         consumer = self.consumer
         trades, ledger = self.trades.outbox, self.ledger.outbox
         outbox_max = self.cfg.outbox_max
+        wal = rt.engine.wal
         while not rt.stopping.is_set() and rt.failed is None:
             if len(trades) > outbox_max or len(ledger) > outbox_max:
                 await asyncio.sleep(0.01)     # back-pressure: Kafka is not taking our output
+                continue
+            if wal.write_error is not None:
+                # The WAL cannot be written (a full disk): fetch nothing more;
+                # the records stay in Kafka and are read once it can.
+                await asyncio.sleep(0.05)
                 continue
             try:
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.cfg.max_records)
@@ -363,25 +369,56 @@ class KafkaBridge:
         watermark (after a restart), oldest first, before anything new.
         Trades are read from the WAL; balance changes, which are not logged,
         are derived again by replaying the commands from the one that caused
-        the last change acknowledged."""
+        the last change acknowledged.
+
+        A pruned WAL (``evengine wal prune``) starts later than a watermark's
+        command when the prune's base was not ahead of the watermarks (its
+        rule): reading starts at the first event kept (trades) or at the base
+        state (ledger), and the first record republished must follow the
+        watermark, else :class:`eventstore.PrunedRangeError` (records Kafka
+        never acknowledged were pruned: nothing is published out of order)."""
         from recovery.time_travel import open_data_dir
         matcher = self.rt.engine.matcher
         shard = self.rt.engine.shard
         history = open_data_dir(self.data_dir)
         n_trades = 0
         trades = self.trades
-        for seq, trade, source, pos in history.trades_with_input(trades.published_cmd_seq, matcher.last_seq):
+        first = history.pruned_before_seq
+        trades_from = max(trades.published_cmd_seq, first)
+        for seq, trade, source, pos in history.trades_with_input(trades_from, matcher.last_seq):
             if trade.match_id > trades.published_id:
+                if not n_trades and trade.match_id != trades.published_id + 1:
+                    self._lost("trades", trades.published_id, trade.match_id, trades.published_cmd_seq, history)
                 trades.add(trade.match_id, trade.cmd_seq, trade.symbol.encode(), encode_trade(seq, trade, source, pos, shard))
                 n_trades += 1
+        if not n_trades and matcher.match_sequence > trades.published_id:
+            self._lost("trades", trades.published_id, matcher.match_sequence, trades.published_cmd_seq, history)
         n_ledger = 0
         ledger = self.ledger
         if matcher.accounts.ledger_seq > ledger.published_id:
-            for seq, ts_ns, ev in history.balance_changes(ledger.published_cmd_seq, matcher.last_seq):
+            ledger_from = ledger.published_cmd_seq
+            earliest = history.earliest_seq if history.retention() is not None else 0
+            if earliest is not None and ledger_from - 1 < earliest:
+                ledger_from = earliest + 1
+            for seq, ts_ns, ev in history.balance_changes(ledger_from, matcher.last_seq):
                 if ev[1] > ledger.published_id:
+                    if not n_ledger and ev[1] != ledger.published_id + 1:
+                        self._lost("ledger", ledger.published_id, ev[1], ledger.published_cmd_seq, history)
                     ledger.add(ev[1], seq, str(ev[3]).encode(), encode_ledger(ev, ts_ns, shard))
                     n_ledger += 1
         return n_trades, n_ledger
+
+    def _lost(self, what: str, published: int, found: int, cmd_seq: int, history: Any) -> None:
+        """Records above the ``what`` watermark are not in the WAL any more."""
+        from eventstore import PrunedRangeError
+        rec = history.retention()
+        if rec is None:
+            raise RuntimeError(f"republishing {what}: Kafka acknowledged up to {published} but the WAL's next "
+                               f"is {found}: the WAL does not hold what is left to publish")
+        raise PrunedRangeError(self.data_dir, cmd_seq, rec.pruned_before_seq, rec.pruned_before_seq,
+                               rec.pruned_at, rec.path,
+                               f"seq available, and {what} {published + 1}..{found - 1} above the Kafka "
+                               f"watermark were in the pruned range; first event")
 
     def _save_watermark(self) -> None:
         now = (self.trades.published_id, self.ledger.published_id)
@@ -394,9 +431,20 @@ class KafkaBridge:
             self._saved = now
 
     async def _watermark_loop(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(0.5)
-            self._save_watermark()
+            try:
+                self._save_watermark()
+            except Exception as exc:  # noqa: BLE001 - a full disk: the file stays behind, which only republishes more
+                if not failing:
+                    log.error("cannot save %s: %s; retrying (after a restart the trades above the old "
+                              "watermark are published again, which consumers drop as repeats)", PUBLISHED_FILE, exc)
+                    failing = True
+                continue
+            if failing:
+                log.warning("%s saved again", PUBLISHED_FILE)
+                failing = False
 
     # ------------------------------------------------------------- lifecycle
     async def run(self, drain_timeout_s: float = 10.0) -> None:
@@ -458,7 +506,10 @@ class KafkaBridge:
                     pass
             self.trades.retire_quietly()
             self.ledger.retire_quietly()
-            self._save_watermark()
+            try:
+                self._save_watermark()
+            except Exception as exc:  # noqa: BLE001 - the file stays behind: the next start republishes more
+                log.error("cannot save %s at stop: %s", PUBLISHED_FILE, exc)
             if self.consumer is not None:
                 await self._commit_offsets(timeout_s=5.0)
                 try:

@@ -10,6 +10,14 @@ them (``loop.add_reader``).
 Group commit for push sources: every :meth:`EngineRuntime.submit` in one turn
 of the loop (all HTTP requests that arrived together, one Kafka fetch) goes
 into one WAL frame, flushed by a callback scheduled for the end of that turn.
+
+A WAL that cannot be written (a full disk, EIO: ``WalWriteError``) degrades
+the runtime instead of stopping it: :attr:`EngineRuntime.degraded` says why,
+new commands are refused with :class:`EngineDegradedError` (HTTP 503; the
+Kafka bridge stops fetching), reads that must be durable wait no more, and
+the housekeeping timer writes the queued frame again every tick until it
+goes through. Then everything waiting is released and commands are taken
+again. A failed fsync is not retried (``WriterDiedError``): the runtime fails.
 """
 
 from __future__ import annotations
@@ -18,18 +26,26 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from typing import Any, Callable, Optional
 
 from engine.core.commands import Command
 from engine.core.types import Kind
+from eventstore import WalWriteError
 
 from .engine import Engine
 
-__all__ = ["EngineRuntime", "CommandResult"]
+__all__ = ["EngineRuntime", "CommandResult", "EngineDegradedError"]
 
 log = logging.getLogger("evengine.runtime")
 
 _TRADE = Kind.TRADE.value
+
+
+class EngineDegradedError(RuntimeError):
+    """The engine takes no commands now: its WAL cannot be written (the
+    message says why: path, error, free space). Nothing was submitted; try
+    again once ``/health`` says ``ok``."""
 
 
 class CommandResult:
@@ -79,6 +95,8 @@ class EngineRuntime:
         self.stop_reason: Optional[str] = None
         self.failed: Optional[BaseException] = None
         self._resolving = False   # the result sink is added on the first execute()
+        self.degraded_since: Optional[float] = None   # monotonic time the WAL became unwritable
+        self.degraded_episodes = 0
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -117,7 +135,18 @@ class EngineRuntime:
         self._stopped = True
         self._flush()
         wal = self.engine.wal
-        while self.failed is None and wal.durable_seq < wal.next_seq - 1:
+        give_up = time.monotonic() + 5.0
+        while self.failed is None:
+            if wal.write_error is not None:
+                if time.monotonic() < give_up:
+                    await asyncio.sleep(0.05)
+                    self._flush()   # space may have come back
+                    continue
+                # What was never written was never acknowledged: stop without it.
+                if wal.durable_seq >= wal.written_seq:
+                    break
+            elif wal.durable_seq >= wal.next_seq - 1:
+                break
             await asyncio.sleep(0.001)
             self._on_durable()
         self._on_durable()
@@ -143,12 +172,27 @@ class EngineRuntime:
     def next_seq(self) -> int:
         return self.engine.wal.next_seq
 
+    @property
+    def degraded(self) -> Optional[str]:
+        """Why no command is taken now (the WAL cannot be written), or None."""
+        return self.engine.degraded
+
+    def _check_accepting(self) -> None:
+        if self.failed is not None:
+            raise RuntimeError(f"the engine failed: {self.failed}")
+        if self.engine.wal.write_error is not None:
+            raise EngineDegradedError(f"the engine takes no commands now: {self.engine.wal.write_error}")
+
     def submit(self, cmd: Command) -> list:
         """Match and log ``cmd`` now; its outputs leave through the sinks once
         durable. Returns the (not yet durable) events. Never raises for a bad
-        command (the matcher rejects it)."""
-        if self.failed is not None:
-            raise RuntimeError(f"the engine failed: {self.failed}")
+        command (the matcher rejects it).
+
+        Raises:
+            EngineDegradedError: the WAL cannot be written now (nothing done).
+            RuntimeError: the engine failed.
+        """
+        self._check_accepting()
         out = self.engine.submit(cmd)
         self.commands += 1
         if not self._flush_scheduled:
@@ -159,6 +203,7 @@ class EngineRuntime:
     async def execute(self, cmd: Command) -> CommandResult:
         """Submit ``cmd`` and wait until it and every event it caused are on
         disk. Raises ``RuntimeError`` if the engine stops or fails first."""
+        self._check_accepting()
         if not self._resolving:
             self._resolving = True
             self.engine.add_sink(self._resolve)
@@ -169,13 +214,21 @@ class EngineRuntime:
 
     async def barrier(self) -> int:
         """Wait until everything applied so far is durable; return that seq.
-        For reads of the book: what they show must not be ahead of the disk."""
+        For reads of the book: what they show must not be ahead of the disk.
+
+        Raises:
+            EngineDegradedError: the WAL cannot be written, so the state
+                cannot become durable now.
+            RuntimeError: the engine failed.
+        """
         target = self.engine.matcher.last_seq
         wal = self.engine.wal
         self._flush()
         while wal.durable_seq < target:
             if self.failed is not None:
                 raise RuntimeError(f"the engine failed: {self.failed}")
+            if wal.write_error is not None:
+                raise EngineDegradedError(f"the engine's state is not durable now: {wal.write_error}")
             fut = self._loop.create_future()
             self._barriers.append((target, fut))
             await fut
@@ -202,8 +255,28 @@ class EngineRuntime:
         self._flush_scheduled = False
         try:
             self.engine.end_batch()
+        except WalWriteError as exc:
+            if self.degraded_since is None:
+                self.degraded_since = time.monotonic()
+                self.degraded_episodes += 1
+                log.error("%s; taking no commands until the WAL can be written (retrying every %.2f s)",
+                          exc, self._housekeeping_s)
+            self._wake_barriers()
+            return
         except Exception as exc:  # noqa: BLE001 - the WAL failed: nothing more may be acknowledged
             self._fail(exc)
+            return
+        if self.degraded_since is not None:
+            log.warning("the WAL is writable again after %.1f s; taking commands",
+                        time.monotonic() - self.degraded_since)
+            self.degraded_since = None
+
+    def _wake_barriers(self) -> None:
+        """Let waiting reads see the degradation (they raise EngineDegradedError)."""
+        for _, fut in self._barriers:
+            if not fut.done():
+                fut.set_result(None)
+        self._barriers.clear()
 
     def _on_durable(self) -> None:
         engine = self.engine
