@@ -37,6 +37,34 @@ def _fail_pruned(exc: Exception) -> None:
     _fail(f"{type(exc).__name__}: {exc}", PRUNED_EXIT)
 
 
+MetricsOpt = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT at /metrics (port 0: any "
+                                                   "free port; the address is printed to stderr as 'metrics on URL').")
+
+
+def _metrics_addr(addr: Optional[str]) -> Optional[tuple[str, int]]:
+    """Check ``--metrics HOST:PORT`` early (exit 2 when malformed)."""
+    if addr is None:
+        return None
+    from engine.prom import parse_metrics_addr
+    try:
+        return parse_metrics_addr(addr)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    return None
+
+
+def _serve_metrics(addr: Optional[str], *collectors: Any) -> Any:
+    """Start the ``/metrics`` server of ``--metrics`` (None without one); exit 1 when the address cannot be bound."""
+    if addr is None:
+        return None
+    from engine.prom import MetricsBindError, start_metrics_server
+    try:
+        return start_metrics_server(addr, *collectors)
+    except MetricsBindError as exc:
+        _fail(str(exc))
+    return None
+
+
 def _require_data(data_dir: str) -> None:
     if not os.path.isdir(os.path.join(data_dir, "wal")):
         _fail(f"no evengine data in {data_dir} (no wal/ directory); run `evengine start --data-dir {data_dir} ...` first")
@@ -123,6 +151,8 @@ def start(
     size_decimals: Optional[int] = typer.Option(None, "--size-decimals", help="Bitstamp source: a lot is 10^-N of the file's volume unit (default: the most decimals in the file)."),
     accounts: int = typer.Option(0, "--accounts", min=0, help="Synthetic source: fund K accounts and turn pre-trade risk on."),
     shard: Optional[str] = typer.Option(None, "--shard", help="This engine's shard id (1..32 of A-Z a-z 0-9 . _ -), named in every trade and ledger record it publishes; kept in the data directory from the first start (default: what it says, else 0)."),
+    metrics: Optional[str] = MetricsOpt,
+    metrics_linger: float = typer.Option(0.0, "--metrics-linger", min=0.0, help="A file run: keep /metrics up this many seconds after the summary (or until SIGTERM/SIGINT), so the last figures can be scraped."),
 ) -> None:
     """Recover, then run the engine: on a file source to its end (exit 0 with
     a summary), or, with --kafka and/or --http, as a service until stopped.
@@ -130,6 +160,7 @@ def start(
     SIGTERM or SIGINT stop it cleanly after the current batch.
     """
     _setup_logging(verbose)
+    _metrics_addr(metrics)
     from engine.service import Engine, EngineConfig
     from eventstore import EventStoreError
     from recovery.retention import parse_policy
@@ -145,7 +176,7 @@ def start(
                        partitions=partitions, http=http, token=token, add_symbol=add_symbol, snapshot_every=snapshot_every,
                        snapshot_retain=snapshot_retain, segment_size_mb=segment_size_mb,
                        print_trades=print_trades, json_summary=json_summary, pin_cpus=bool(pin_cpus), shard=shard,
-                       wal_retain=wal_retain)
+                       wal_retain=wal_retain, metrics=metrics)
         return
     if source is None:
         _fail("nothing to run: give --source FILE, --kafka BOOTSTRAP or --http HOST:PORT", 2)
@@ -160,6 +191,14 @@ def start(
                        pin_cpus=True if pin_cpus is None else pin_cpus, shard=shard, wal_retain=wal_retain)
     engine = Engine(cfg)
     _open_engine(engine)
+    metrics_server = None
+    if metrics is not None:
+        from engine.service.metrics import EngineCollector
+        try:
+            metrics_server = _serve_metrics(metrics, EngineCollector(engine))
+        except BaseException:
+            engine.close()
+            raise
     engine.install_signal_handlers()
     if print_trades:
         engine.add_sink(_trade_printer())
@@ -199,6 +238,11 @@ def start(
             f"{', '.join(f'{p:.2f}' for p in pauses) if pauses else 'none'}\n"
             f"last seq: {summary.last_seq}   match_sequence: {summary.match_sequence}\n"
             f"state hash: {summary.state_hash}")
+    if metrics_server is not None:
+        sys.stdout.flush()
+        from engine.prom import wait_or_signal
+        wait_or_signal(metrics_linger)
+        metrics_server.close()
 
 
 def _open_engine(engine: Any) -> None:
@@ -247,7 +291,8 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                    partitions: Optional[str],
                    http: Optional[str], token: Optional[str], add_symbol: list[str], snapshot_every: int,
                    snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool,
-                   pin_cpus: bool, shard: Optional[str] = None, wal_retain: Optional[str] = None) -> None:
+                   pin_cpus: bool, shard: Optional[str] = None, wal_retain: Optional[str] = None,
+                   metrics: Optional[str] = None) -> None:
     """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
     import asyncio
     from engine.service import Engine, EngineConfig
@@ -273,14 +318,27 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                        pin_cpus=bool(pin_cpus), shard=shard, wal_retain=wal_retain)
     engine = Engine(cfg)
     _open_engine(engine)
+    collector = http_metrics = metrics_server = None
+    if metrics is not None:
+        from engine.gateway.metrics import HttpMetrics
+        from engine.service.metrics import EngineCollector
+        collector = EngineCollector(engine)
+        http_metrics = HttpMetrics() if bind is not None else None
+        try:
+            metrics_server = _serve_metrics(metrics, collector, *([http_metrics] if http_metrics else []))
+        except BaseException:
+            engine.close()
+            raise
 
     def ready(info: dict) -> None:
-        print(json.dumps({"ready": True, "last_seq": engine.matcher.last_seq, **info}), flush=True)
+        extra = {"metrics_url": metrics_server.url} if metrics_server is not None else {}
+        print(json.dumps({"ready": True, "last_seq": engine.matcher.last_seq, **info, **extra}), flush=True)
     stats: dict = {}
     failure: Optional[BaseException] = None
     try:
         stats = asyncio.run(serve(engine, kafka=kcfg, http=bind, token=token, symbols=tuple(symbols),
-                                  sinks=(_trade_printer(),) if print_trades else (), on_ready=ready))
+                                  sinks=(_trade_printer(),) if print_trades else (), on_ready=ready,
+                                  metrics=collector, http_metrics=http_metrics))
     except EventStoreError as exc:   # the WAL syncer failed (an fsync error): stop, recover at restart
         failure = exc
     try:
@@ -288,6 +346,9 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
     except EventStoreError as exc:
         failure = failure or exc
         summary = engine.summary
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     if failure is not None:
         _fail(str(failure), EXIT_IO)
     d = summary.as_dict()
@@ -305,6 +366,7 @@ def gateway(
     http: str = typer.Option("127.0.0.1:8080", "--http", help="HOST:PORT to serve on (port 0: any free port)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="EVENGINE_TOKEN", help="Bearer token for order entry; required when not bound to a loopback address."),
     verbose: bool = typer.Option(True, help="Log to stderr."),
+    metrics: Optional[str] = MetricsOpt,
 ) -> None:
     """The HTTP order gateway alone, in front of Kafka: each order is validated,
     published to the orders topic (keyed by symbol) and answered 202 with its
@@ -315,6 +377,12 @@ def gateway(
     _setup_logging(verbose)
     from engine.gateway import EntryUnavailable, GatewayServer, KafkaEntry, create_app
     host, port = _http_bind(http, token)
+    _metrics_addr(metrics)
+    http_metrics = None
+    if metrics is not None:
+        from engine.gateway.metrics import HttpMetrics
+        http_metrics = HttpMetrics()
+    metrics_server = _serve_metrics(metrics, *([http_metrics] if http_metrics else []))
 
     async def run() -> None:
         import signal as _signal
@@ -328,14 +396,19 @@ def gateway(
         except EntryUnavailable as exc:   # it connects on the first order; until then orders get 503
             logging.getLogger("evengine.gateway").warning("%s", exc)
         try:
-            server = GatewayServer(create_app(entry, None, token=token), host, port)
+            server = GatewayServer(create_app(entry, None, token=token, metrics=http_metrics), host, port)
             await server.start()
-            print(json.dumps({"ready": True, "http_port": server.port}), flush=True)
+            extra = {"metrics_url": metrics_server.url} if metrics_server is not None else {}
+            print(json.dumps({"ready": True, "http_port": server.port, **extra}), flush=True)
             await stop.wait()
             await server.stop()
         finally:
             await entry.stop()
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
 
 
 @app.command()

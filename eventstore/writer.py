@@ -47,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from typing import Any, Optional
 
@@ -70,15 +71,41 @@ log = logging.getLogger("evengine.wal")
 
 
 class CommitStats:
-    """Commit latencies: from the first append of a batch to the moment the
-    matching thread saw it durable, in ns; one sample per flushed batch."""
+    """Commit latencies and batch sizes, one sample per flushed batch (frame):
+    the latency from the first append of a batch to the moment the matching
+    thread saw it durable, in ns; the size in events.
 
-    def __init__(self) -> None:
-        self.latencies_ns: list[int] = []
+    Constant memory for a long-running engine: fixed-bucket histograms of
+    both (Prometheus buckets: ``latency_counts[i]`` counts latencies
+    ``<= LATENCY_BOUNDS_NS[i]`` and above the bound before it, the last entry
+    those above every bound; the same for ``batch_counts`` and
+    ``BATCH_BOUNDS``), their sums, and the most recent ``window`` latencies
+    for :meth:`percentile_ms` (every latency of a run shorter than that).
+    """
+
+    LATENCY_BOUNDS_NS = tuple(int(ms * 1_000_000) for ms in (
+        0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+    BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+
+    def __init__(self, window: int = 65_536) -> None:
+        self.latencies_ns: deque[int] = deque(maxlen=window)   # the most recent ones
+        self.latency_counts = [0] * (len(self.LATENCY_BOUNDS_NS) + 1)
+        self.latency_sum_ns = 0
+        self.batch_counts = [0] * (len(self.BATCH_BOUNDS) + 1)
         self.batches = 0
         self.events = 0
 
+    def record(self, latency_ns: int, events: int) -> None:
+        """One batch of ``events`` events became durable ``latency_ns`` after its first append."""
+        self.latencies_ns.append(latency_ns)
+        self.latency_counts[bisect_left(self.LATENCY_BOUNDS_NS, latency_ns)] += 1
+        self.latency_sum_ns += latency_ns
+        self.batch_counts[bisect_left(self.BATCH_BOUNDS, events)] += 1
+        self.batches += 1
+        self.events += events
+
     def percentile_ms(self, p: float) -> float:
+        """The ``p``-th percentile (0-100) of the recent latencies, in ms (0.0: none yet)."""
         if not self.latencies_ns:
             return 0.0
         data = sorted(self.latencies_ns)
@@ -398,12 +425,10 @@ class WalWriter:
             raise WriterDiedError(self._died)
         if self._inflight and self._inflight[0][0] <= durable:
             now = time.perf_counter_ns()
-            stats = self.stats
+            record = self.stats.record
             while self._inflight and self._inflight[0][0] <= durable:
                 _, t_first, count = self._inflight.popleft()
-                stats.latencies_ns.append(now - t_first)
-                stats.batches += 1
-                stats.events += count
+                record(now - t_first, count)
         return durable
 
     def peek_durable(self) -> int:

@@ -52,6 +52,9 @@ def trades_consumer(
     instance_id: Optional[str] = typer.Option(None, "--instance-id", help=_IGNORED),
     session_timeout_ms: Optional[int] = typer.Option(None, "--session-timeout-ms", help=_IGNORED),
     verbose: bool = typer.Option(True, help="Log start, gaps, reconnects and skipped records to stderr."),
+    metrics: Optional[str] = typer.Option(None, "--metrics",
+                                          help="Serve Prometheus metrics on HOST:PORT at /metrics (port 0: any free "
+                                               "port; the address is printed to stderr as 'metrics on URL')."),
 ) -> None:
     """Store every trade of the trades topic in SQL (SQLite or PostgreSQL), exactly once.
 
@@ -73,8 +76,17 @@ def trades_consumer(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiokafka.errors import KafkaError
 
+    from engine.prom import MetricsBindError
+
     from .sql import TransientDatabaseError, describe_url
     from .trade_history import ConsumerConfig, SchemaError, run_consumer
+    if metrics is not None:
+        from engine.prom import parse_metrics_addr
+        try:
+            parse_metrics_addr(metrics)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
     if instance_id is not None or session_timeout_ms is not None:
         logging.getLogger("evengine.trades_consumer").warning(
             "--instance-id and --session-timeout-ms are ignored: the consumer assigns itself every partition")
@@ -82,7 +94,7 @@ def trades_consumer(
                             max_records=max_records, poll_timeout_ms=poll_ms, gap_retry_s=gap_retry_s,
                             idle_exit_s=idle_exit_s)
     try:
-        stats = run_consumer(config)
+        stats = run_consumer(config, metrics)
     except KafkaError as exc:
         typer.echo(f"error: Kafka at {kafka}: {exc}", err=True)
         raise typer.Exit(1)
@@ -94,6 +106,9 @@ def trades_consumer(
         raise typer.Exit(1)
     except sqlite3.Error as exc:
         typer.echo(f"error: SQLite database {describe_url(db)}: {exc}", err=True)
+        raise typer.Exit(1)
+    except MetricsBindError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     except Exception as exc:
         if type(exc).__module__.split(".")[0] != "psycopg":

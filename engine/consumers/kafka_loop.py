@@ -38,6 +38,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
+from engine.prom import LATENCY_BOUNDS_S, Buckets
+
 from .sql import TransientDatabaseError
 
 __all__ = ["Record", "Store", "StoreError", "LoopConfig", "LoopStats", "StoreConsumer", "CRASH_ENV",
@@ -134,6 +136,9 @@ class StoreConsumer:
         self.open_store = open_store
         self.add_counts = add_counts
         self.stats = LoopStats()
+        self.apply_seconds = Buckets(LATENCY_BOUNDS_S)   # per batch applied: the database transaction
+        self.store: Optional[Store] = None               # the store open now (engine.consumers.metrics)
+        self.kafka: Any = None                           # the AIOKafkaConsumer while running
         self._stop: Optional[asyncio.Event] = None
         self._stop_reason: Optional[str] = None
         crash = os.environ.get(CRASH_ENV, "")
@@ -208,10 +213,11 @@ class StoreConsumer:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
-        store = await self._open()
+        store = self.store = await self._open()
         consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, group_id=cfg.group,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     isolation_level="read_committed", client_id=f"evengine-{cfg.name}-{os.getpid()}")
+        self.kafka = consumer
         last_record = last_retry = time.monotonic()
         try:
             await consumer.start()
@@ -233,6 +239,7 @@ class StoreConsumer:
                         continue
                     last_retry = time.monotonic()   # retry the gaps: they may be fillable by now
                 self.stats.records += len(records)
+                t0 = time.perf_counter()
                 try:
                     counts = await asyncio.to_thread(self._apply, store, records)
                 except TransientDatabaseError as exc:
@@ -241,7 +248,7 @@ class StoreConsumer:
                                 cfg.name, exc)
                     with contextlib.suppress(Exception):
                         store.close()
-                    store = await self._open()
+                    store = self.store = await self._open()
                     self._seek(consumer, store, tps)
                     continue
                 except StoreError as exc:
@@ -249,6 +256,7 @@ class StoreConsumer:
                     log.error("%s stopped: %s", cfg.name, self.stats.error)
                     self.request_stop("error")
                     break
+                self.apply_seconds.observe(time.perf_counter() - t0)
                 self.stats.batches += 1
                 if self.add_counts is not None:
                     self.stats.counts = self.add_counts(self.stats.counts, counts)

@@ -39,6 +39,9 @@ def settle(
                                                 help="Stop after this long without a record (default: run until "
                                                      "SIGTERM/SIGINT)."),
     verbose: bool = typer.Option(True, help="Log start, gaps, reconnects and skipped records to stderr."),
+    metrics: Optional[str] = typer.Option(None, "--metrics",
+                                          help="Serve Prometheus metrics on HOST:PORT at /metrics (port 0: any free "
+                                               "port; the address is printed to stderr as 'metrics on URL')."),
 ) -> None:
     """Settle the engine's ledger and trades into SQL, each exactly once.
 
@@ -54,19 +57,31 @@ def settle(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiokafka.errors import KafkaError
 
+    from engine.prom import MetricsBindError
+
     from .settle_service import SettleConfig, run_settle
+    if metrics is not None:
+        from engine.prom import parse_metrics_addr
+        try:
+            parse_metrics_addr(metrics)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
     from .sql import describe_url
     config = SettleConfig(bootstrap_servers=kafka, db_url=db, data_dirs=tuple(data_dir), ledger_topic=ledger_topic,
                           trades_topic=trades_topic, group=group, max_records=max_records, poll_timeout_ms=poll_ms,
                           idle_exit_s=idle_exit_s)
     try:
-        stats = run_settle(config)
+        stats = run_settle(config, metrics)
     except KafkaError as exc:
         typer.echo(f"error: Kafka at {kafka}: {exc}", err=True)
         raise typer.Exit(1)
     except ValueError as exc:
         typer.echo(f"error: {describe_url(db)}: {exc}", err=True)
         raise typer.Exit(2)
+    except MetricsBindError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
     if stats.error:
         typer.echo(f"error: {stats.error}", err=True)
         raise typer.Exit(3)

@@ -65,10 +65,18 @@ def settle_consumer(config: SettleConfig) -> StoreConsumer:
     return StoreConsumer(loop, open_store, _add)
 
 
-def run_settle(config: SettleConfig) -> LoopStats:
+def run_settle(config: SettleConfig, metrics: Optional[str] = None) -> LoopStats:
     """Run the settlement until SIGTERM/SIGINT (or idle); print its stats as
-    one JSON line to stdout and return them."""
-    stats = asyncio.run(settle_consumer(config).run())
+    one JSON line to stdout and return them. ``metrics``: serve Prometheus
+    metrics on that ``HOST:PORT`` meanwhile (``engine.consumers.metrics``).
+
+    Raises:
+        engine.prom.MetricsBindError: the metrics address cannot be bound.
+    """
+    from .metrics import serve_metrics
+    consumer = settle_consumer(config)
+    with serve_metrics(consumer, metrics):
+        stats = asyncio.run(consumer.run())
     out = stats.as_dict()
     out.update(asdict(stats.counts) if isinstance(stats.counts, SettleCounts) else {})
     print(json.dumps(out), flush=True)

@@ -848,11 +848,18 @@ class TradeHistoryConsumer:
         return out
 
 
-def run_consumer(config: ConsumerConfig) -> LoopStats:
+def run_consumer(config: ConsumerConfig, metrics: Optional[str] = None) -> LoopStats:
     """Run a :class:`TradeHistoryConsumer` in a new event loop until SIGTERM or
     SIGINT (or idle, or a conflict); print :meth:`TradeHistoryConsumer.summary`
-    as one JSON line to stdout and return the stats."""
+    as one JSON line to stdout and return the stats. ``metrics``: serve
+    Prometheus metrics on that ``HOST:PORT`` meanwhile (``engine.consumers.metrics``).
+
+    Raises:
+        engine.prom.MetricsBindError: the metrics address cannot be bound.
+    """
     consumer = TradeHistoryConsumer(config)
-    stats = asyncio.run(consumer.run())
+    from .metrics import serve_metrics
+    with serve_metrics(consumer.consumer, metrics):
+        stats = asyncio.run(consumer.run())
     print(json.dumps(consumer.summary()), flush=True)
     return stats

@@ -730,7 +730,7 @@ def _finite(obj: Any) -> Any:
 
 
 def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = None,
-               market_data_queue: int = 10_000, read_timeout_s: float = 5.0) -> FastAPI:
+               market_data_queue: int = 10_000, read_timeout_s: float = 5.0, metrics: Any = None) -> FastAPI:
     """The gateway app.
 
     Args:
@@ -749,6 +749,8 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
             before it is dropped.
         read_timeout_s: a read waits at most this long for a durable point
             (the engine busy without a pause) before answering 503.
+        metrics: an ``engine.gateway.metrics.HttpMetrics`` to count requests
+            by route and status into (a middleware; no route is added).
     """
     token = token or None
     hub = MarketDataHub(view, max_queue=market_data_queue) if view is not None else None
@@ -781,6 +783,9 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
     app.state.market_data = hub
     app.state.token = token
     app.state.order_ids = ids
+    if metrics is not None:
+        from .metrics import HttpMetricsMiddleware
+        app.add_middleware(HttpMetricsMiddleware, metrics=metrics, router=app.router)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

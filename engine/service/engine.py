@@ -34,6 +34,7 @@ from recovery.retention import SnapFact, event_ts, parse_policy, prune_wal, snap
 from snapshot import SnapshotJob, SnapshotWriter, list_snapshots
 
 from .control import ControlRequest, ControlServer
+from .metrics import EngineCounters
 from .output_gate import OutputGate, Sink
 
 __all__ = ["EngineConfig", "Engine", "RunSummary", "EngineLockedError"]
@@ -208,6 +209,8 @@ class Engine:
         self._snap_fact_pending: Optional[SnapFact] = None
         self._retention_thread: Optional[threading.Thread] = None
         self.summary = RunSummary()
+        self.counters = EngineCounters()     # what engine.service.metrics exports
+        self._kind_counts = self.counters.commands
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> Recovery:
@@ -371,12 +374,16 @@ class Engine:
         out = matcher.apply(seq, cmd)
         if matcher.last_seq == seq:
             wal.append(cmd)
+            self._kind_counts[cmd[0]] += 1   # accepted: a command kind, 1..63
         else:  # it caused trades or a reject: they take the next seqs, in order
             logged = [event for event in out if event[0] in LOGGED_KINDS]
             if logged[0][0] == _REJECTED:
                 self.summary.rejects += 1
+                self.counters.count_reject(cmd, logged[0])
                 if not _encodable(cmd):
                     cmd, out, logged = self._as_bad_input(seq, cmd)
+            else:
+                self._kind_counts[cmd[0]] += 1
             logged.insert(0, cmd)
             wal.extend(logged)
         if self.gate.sinks:
@@ -585,6 +592,7 @@ class Engine:
         self._snap_fact_pending = SnapFact(seq, True, self.matcher.match_sequence, self.matcher.accounts.ledger_seq,
                                            self._ts_at(seq))
         self.summary.fork_pauses_ms.append(round(job.fork_pause_ms, 3))
+        self.counters.fork_pause_s.observe(job.fork_pause_ns / 1e9)
         log.info("snapshot at seq %d: fork paused the engine %.3f ms (child pid %d)", seq, job.fork_pause_ms, job.pid)
         return job
 
@@ -601,6 +609,7 @@ class Engine:
             return
         if job.ok:
             self.summary.snapshots += 1
+            self.counters.snapshot_done(job)
             self._good_snapshot_seq = job.seq
             self.snapshot_error = None
             log.info("snapshot at seq %d written to %s in %.1f ms", job.seq, job.path,
@@ -617,6 +626,7 @@ class Engine:
             # it); the previous snapshot stays the one recovery uses.
             retry_s = self.config.snapshot_retry_s
             self.summary.snapshots_failed += 1
+            self.counters.snapshot_failures += 1
             self._last_snapshot_seq = self._good_snapshot_seq
             self._snapshot_retry_at = time.monotonic() + retry_s
             free = free_bytes(self.snapshots.snap_dir)

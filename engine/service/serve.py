@@ -39,7 +39,8 @@ def parse_symbols(specs: list[str]) -> list[tuple[str, int]]:
 
 async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[tuple[str, int]] = None,
                 token: Optional[str] = None, symbols: tuple = (), sinks: tuple = (),
-                on_ready: Optional[Any] = None) -> dict:
+                on_ready: Optional[Any] = None, metrics: Optional[Any] = None,
+                http_metrics: Optional[Any] = None) -> dict:
     """Run an open engine until SIGTERM/SIGINT (or a failure).
 
     Args:
@@ -51,6 +52,10 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
         symbols: ``(symbol, tick_size)`` books to open at start if missing.
         sinks: extra output-gate sinks ``sink(seq, cmd, events)``.
         on_ready: called with a dict (``http_port``) once serving.
+        metrics: the process's ``engine.service.metrics.EngineCollector``: it
+            is given the Kafka bridge (consumer lag, published watermarks).
+        http_metrics: an ``engine.gateway.metrics.HttpMetrics`` the gateway
+            counts its requests into.
 
     Returns:
         Statistics of the Kafka bridge (empty without Kafka).
@@ -78,7 +83,7 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
                 log.warning("order gateway: %s", exc)
         else:
             entry = EmbeddedEntry(rt)
-        server = GatewayServer(create_app(entry, rt, token=token), http[0], http[1])
+        server = GatewayServer(create_app(entry, rt, token=token, metrics=http_metrics), http[0], http[1])
         await server.start()
         info["http_port"] = server.port
         log.info("order gateway on http://%s:%d (OpenAPI at /docs)", http[0], server.port)
@@ -89,6 +94,8 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
         if kafka is not None:
             from .kafka_bridge import KafkaBridge
             bridge = KafkaBridge(rt, kafka)
+            if metrics is not None:
+                metrics.bridge = bridge
             await bridge.run()
             stats = bridge.stats
         else:

@@ -32,6 +32,7 @@ import pytest
 import schemathesis  # noqa: F401 - the test extra has it; an ImportError fails the run, it never skips
 
 from engine.gateway import EmbeddedEntry, GatewayServer, KafkaEntry, create_app
+from engine.gateway.metrics import HttpMetrics
 from engine.gateway.app import SCHEMA_VALID_422
 from engine.service.engine import Engine, EngineConfig
 from engine.service.runtime import EngineRuntime
@@ -64,6 +65,7 @@ class LiveGateway:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stop: Optional[asyncio.Event] = None
         self._thread = threading.Thread(target=self._run, name="contract-gateway", daemon=True)
+        self.http_metrics = HttpMetrics()    # the middleware of --metrics is in the path being checked
 
     @property
     def url(self) -> str:
@@ -86,7 +88,7 @@ class LiveGateway:
         rt = EngineRuntime(engine)
         try:
             await rt.start()
-            app = create_app(EmbeddedEntry(rt), rt, token=self.token)
+            app = create_app(EmbeddedEntry(rt), rt, token=self.token, metrics=self.http_metrics)
             async with GatewayServer(app, "127.0.0.1", 0, grace_s=2.0) as server:
                 self.port = server.port
                 self._ready.set()
@@ -145,15 +147,19 @@ def test_schemathesis_finds_no_contract_failure_against_a_live_gateway(tmp_path,
     assert cases and cases.group(1) == cases.group(2) and int(cases.group(1)) > 500, report
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
     assert gw.failed is None and gw.last_seq > 0                  # orders reached the engine, which never failed
+    # Every request was counted under its route's template (bounded labels, whatever paths were fuzzed).
+    counted = dict(gw.http_metrics.requests)
+    templates = set(document(token)["paths"]) | {"/openapi.json", "unmatched"}
+    assert sum(counted.values()) > int(cases.group(1)) and {r for r, _, _ in counted} <= templates, counted
 
 
 # ------------------------------------------------------------------ the document itself
 
 
-def document(token: Optional[str] = None, entry: Any = None, with_view: bool = True) -> dict:
+def document(token: Optional[str] = None, entry: Any = None, with_view: bool = True, metrics: Any = None) -> dict:
     """``/openapi.json`` of an app built without starting anything (no lifespan)."""
     app = create_app(entry if entry is not None else EmbeddedEntry(None), _FakeView() if with_view else None,
-                     token=token)
+                     token=token, metrics=metrics)
 
     async def get() -> dict:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
@@ -290,3 +296,12 @@ def test_every_status_is_documented_per_route_and_the_cross_field_rules_are_stat
     description = schemas["SymbolBody"]["description"]
     assert "distinct_assets" in description and "fee_order" in description
     assert "PRICE_OFF_TICK" in schemas["PlaceBody"]["description"]
+
+
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no-token", "token"])
+def test_metrics_change_nothing_in_the_document(token):
+    """--metrics counts requests in a middleware and serves /metrics on a port of its own."""
+    metrics = HttpMetrics()
+    doc = document(token, metrics=metrics)
+    assert doc == document(token) and "/metrics" not in doc["paths"]
+    assert metrics.requests == {("/openapi.json", "GET", "200"): 1}
