@@ -126,7 +126,7 @@ def test_engine_collector_agrees_with_the_run_summary(tmp_path):
     assert value(m, "evengine_commit_latency_seconds_count") == e.wal.stats.batches > 0
     assert value(m, "evengine_commit_latency_seconds_sum") == pytest.approx(e.wal.stats.latency_sum_ns / 1e9)
     assert value(m, "evengine_fsyncs_total") == s.fsyncs
-    assert value(m, "evengine_fork_pause_seconds_count") == s.snapshots == len(s.fork_pauses_ms) >= 2
+    assert value(m, "evengine_fork_pause_seconds_count") == s.snapshots == len(s.fork_pauses_ms) >= 1   # a snapshot is skipped while the last one still runs
     assert value(m, "evengine_snapshot_duration_seconds_count") == s.snapshots
     assert value(m, "evengine_snapshot_duration_seconds_sum") > 0
     assert value(m, "evengine_snapshot_running") == 0 and value(m, "evengine_snapshot_failures_total") == 0
