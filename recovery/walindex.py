@@ -339,6 +339,27 @@ class WalIndex:
                         seq += 1
             k += 1
 
+    def frame_identity(self, seq: int) -> Optional[tuple[int, int, int]]:
+        """``(first_seq, count, payload CRC-32)`` of the batch frame holding event
+        ``seq``, or ``None`` if no indexed frame holds it (derived data such as a
+        persisted keyframe names the frame it was built after, and is used only
+        while the WAL still holds that very frame).
+
+        Raises:
+            CorruptRecordError: the frame's chunk is damaged.
+        """
+        if not self._starts or seq < self._starts[0] or seq > self.last_seq:
+            return None
+        k = bisect.bisect_right(self._starts, seq) - 1
+        index, count, pos, length, crc = self._frames[k]
+        if length >= 0:
+            return self._starts[k], count, crc
+        frames, _path = self._chunk_frames(k)
+        for f in frames:
+            if f.first_seq <= seq < f.first_seq + f.count:
+                return f.first_seq, f.count, zlib.crc32(f.payload)
+        return None
+
     @property
     def frames(self) -> int:
         """Number of units indexed: whole frames of raw (and older sealed) segments,
