@@ -101,3 +101,27 @@ def test_incremental_index_damaged_and_foreign_files_fall_back_to_the_truth(tmp_
     rng = random.Random(0)
     for seq in rng.sample(range(1, last), 5):
         assert open_data_dir(d).state_hash(seq) == reference_states(d, {seq})[seq][1]
+
+
+def test_a_wal_prune_removes_the_keyframes_of_pruned_events(tmp_path):
+    from recovery.retention import prune_wal
+    from engine.service import Engine, EngineConfig
+    from engine.io.synthetic import SyntheticSource
+    d = str(tmp_path)
+    cfg = EngineConfig(data_dir=d, snapshot_every=20_000, control_socket=False, pin_cpus=False,
+                       segment_size_bytes=200_000, snapshot_retain=2)
+    with Engine(cfg) as e:
+        e.run(SyntheticSource(60_000, 3))
+    h = open_data_dir(d)
+    h.write_index(5_000)
+    before = list(h.timeline.files.seqs)
+    result = prune_wal(d, before_seq=10**9)
+    floor = open_data_dir(d).pruned_before_seq
+    assert floor > 5_000 and result is not None
+    left = open_data_dir(d).timeline.files
+    left.rescan()
+    assert left.seqs == [q for q in before if q >= floor] and left.seqs
+    h = open_data_dir(d, max_replay=10**9)
+    seq = max(left.seqs[-1], h.earliest_seq) + 100     # states before the base snapshot are refused
+    h.timeline.seek(seq)
+    assert h.stats.last_base[0] in ("keyframe file", "snapshot") and h.stats.keyframe_files_rejected == 0
