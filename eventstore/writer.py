@@ -38,7 +38,6 @@ The format is in ``eventstore/FORMAT.md``.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import queue
 import select
@@ -56,6 +55,7 @@ import msgpack
 from .buffer import EventBuffer
 from .errors import AtomicWriteError, WalSequenceError, WalWriteError, WriterDiedError, describe_os_error
 from .fsio import atomic_write, free_bytes, fsync_dir, preallocate_keep_size
+from .watermark import STATE_OFFSET, create_watermark, release_watermark
 from .segment import SEALED_CHUNK_BYTES, encode_frame_header, encode_sealed, encode_segment_header, list_segments, segment_name
 
 __all__ = ["WalWriter", "CommitStats"]
@@ -181,10 +181,9 @@ class WalWriter:
         if syncer_cpu is None:
             syncer_cpu = allowed[-1] if len(allowed) > 1 else -1
         self.syncer_cpu: Optional[int] = syncer_cpu if syncer_cpu >= 0 else None
-        shm_fd = os.memfd_create("evengine-wal-watermark")
-        os.ftruncate(shm_fd, mmap.PAGESIZE)
-        self._shm = mmap.mmap(shm_fd, mmap.PAGESIZE)
-        self._shm[0:_SHM.size] = _SHM.pack(next_seq - 1, 0, 0, 0)
+        # The durable watermark, shared with the syncer and any reader (eventstore/watermark.py).
+        shm_fd, self._page = create_watermark(wal_dir, next_seq - 1)
+        self._shm = memoryview(self._page)[STATE_OFFSET:]
         req_r, req_w = os.pipe()
         ack_r, ack_w = os.pipe()
         try:
@@ -558,6 +557,8 @@ class WalWriter:
             os.close(self._ack_r)
             self._seal_queue.put(None)
             self._sealer.join()
+            if not self._died:
+                release_watermark(self._page)   # no writer: every whole frame is durable now
 
     def __enter__(self) -> "WalWriter":
         return self

@@ -13,7 +13,15 @@ the WAL from the nearest *base* at or before ``seq``:
   checks them);
 - the empty state before seq 1 (when the WAL starts at 1).
 
-Bound: a point query replays at most ``max_replay`` events from its base. When
+Spacing: a keyframe is laid only if none lies within ``max(keyframe_every,
+orders_factor x resting orders)`` events (see :meth:`Timeline.spacing`):
+restoring a keyframe costs about as much as replaying one event per resting
+order, so a book of 300,000 orders gets keyframes 300,000 events apart, and
+memory and disk stay about the size of the WAL instead of growing with the
+book at every keyframe.
+
+Bound: a point query replays at most ``max_replay`` events from its base
+(with spacing by book size, at most the spacing there). When
 no base lies within ``max_replay`` of the target (a region no replay passed
 yet and no snapshot near), the query first lays keyframes forward from the
 nearest base (an *index pass*, counted apart in :attr:`Stats.index_events`;
@@ -156,18 +164,19 @@ def _pack_keyframe(cursor: Cursor) -> bytes:
     m = cursor.matcher
     state = m.export_state()
     state["trades"] = []
-    placed = []
-    for symbol, book in sorted(m.books.items()):
+    entries = []
+    for symbol, _tick, orders, *_rest in state["books"]:
         known = cursor.placed.get(symbol, {})
-        placed.append([symbol, [[oid, known.get(oid)] for oid in book.orders]])
+        entries.append([known.get(row[0]) for row in orders])     # aligned with the book's order rows
     return zstandard.ZstdCompressor(level=1).compress(
-        msgpack.packb([state, placed, cursor.origin], use_bin_type=True))
+        msgpack.packb([state, entries, cursor.origin], use_bin_type=True))
 
 
 def _unpack_keyframe(blob: bytes) -> tuple[dict, PlacedMap, Optional[int]]:
-    state, placed, origin = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob), raw=False,
-                                            strict_map_key=False)
-    return state, {symbol: dict(pairs) for symbol, pairs in placed}, origin
+    state, entries, origin = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob), raw=False,
+                                             strict_map_key=False)
+    placed = {book[0]: dict(zip([row[0] for row in book[2]], seqs)) for book, seqs in zip(state["books"], entries)}
+    return state, placed, origin
 
 
 def scan_entry_seqs(wal: WalIndex, to_seq: int) -> tuple[dict, Optional[int]]:
@@ -343,11 +352,13 @@ class Timeline:
         max_replay: most events a point query replays from its base (>= ``keyframe_every``).
         trade_history: recent trades a matcher handed out keeps (``Matcher`` argument).
         index_dir: where persisted keyframes are (``<data-dir>/index``), or ``None``.
+        orders_factor: keyframes lie at least this many events per resting order
+            apart (see :meth:`spacing`); 0: exactly ``keyframe_every``.
     """
 
     def __init__(self, wal: WalIndex, snap_dir: str, keyframe_every: int = 10_000,
                  max_replay: int = 50_000, trade_history: int = 10_000,
-                 index_dir: Optional[str] = None) -> None:
+                 index_dir: Optional[str] = None, orders_factor: float = 1.0) -> None:
         if keyframe_every <= 0 or max_replay < keyframe_every:
             raise ValueError(f"need 0 < keyframe_every <= max_replay, got {keyframe_every}, {max_replay}")
         self.wal = wal
@@ -358,7 +369,6 @@ class Timeline:
         self.stats = Stats()
         self.keyframes: dict[int, bytes] = {}     # seq -> packed state
         self._kf_seqs: list[int] = []
-        self._kf_slots: set[int] = set()
         self._bad_snapshots: set[str] = set()
         self._entry_scans: dict[int, dict] = {}   # snapshot seq -> scan_entry_seqs result (checked)
         self.cursor: Optional[Cursor] = None
@@ -371,6 +381,7 @@ class Timeline:
         self.check_seq: Optional[Callable[[int], None]] = None
         self.earliest: Optional[Callable[[], Optional[int]]] = None
         self.files = KeyframeFiles(index_dir) if index_dir is not None else None
+        self.orders_factor = orders_factor
         self._open_s = 0.0               # seconds the last keyframe/snapshot open took
         self._event_s = 0.0              # seconds per event replayed (moving average)
         self._persist_every = 0          # write_index: persist a keyframe per this many events
@@ -378,19 +389,31 @@ class Timeline:
         self._keep_in_memory = True
 
     # ------------------------------------------------------------------ bases
+    def spacing(self, cursor: Cursor, every: int) -> int:
+        """Events between two keyframes at the cursor's state: ``every``, or
+        ``orders_factor`` times the resting orders if more (opening a keyframe
+        costs about as much as replaying one event per resting order, so closer
+        ones would not make a query faster and would cost memory and disk)."""
+        orders = sum(len(b.orders) for b in cursor.matcher.books.values())
+        return max(every, int(self.orders_factor * orders))
+
+    @staticmethod
+    def _far_enough(seqs: list[int], seq: int, spacing: int, every: int) -> bool:
+        need = spacing - every // 2       # candidates fall just past multiples of every
+        i = bisect.bisect_right(seqs, seq)
+        if i > 0 and seq - seqs[i - 1] < need:
+            return False
+        return not (i < len(seqs) and seqs[i] - seq < need)
+
     def _add_keyframe(self, cursor: Cursor) -> None:
         seq = cursor.matcher.last_seq
         if self._persist_every and self.files is not None:
             self._persist(cursor, seq)
-            if not self._keep_in_memory:
-                return
-        slot = seq // self.keyframe_every
-        if slot in self._kf_slots or seq in self.keyframes:
-            return
-        self.keyframes[seq] = _pack_keyframe(cursor)
-        bisect.insort(self._kf_seqs, seq)
-        self._kf_slots.add(slot)
-        self.stats.keyframes_built += 1
+        if self._keep_in_memory and seq not in self.keyframes and self._far_enough(
+                self._kf_seqs, seq, self.spacing(cursor, self.keyframe_every), self.keyframe_every):
+            self.keyframes[seq] = _pack_keyframe(cursor)
+            bisect.insort(self._kf_seqs, seq)
+            self.stats.keyframes_built += 1
         # Forget entries of orders that left, so the cursor's map stays the book's size.
         for symbol, book in cursor.matcher.books.items():
             known = cursor.placed.get(symbol)
@@ -400,9 +423,8 @@ class Timeline:
     def _persist(self, cursor: Cursor, seq: int) -> None:
         every = self._persist_every
         files = self.files
-        i = bisect.bisect_right(files.seqs, seq) - 1
-        if i >= 0 and files.seqs[i] // every == seq // every:
-            return                                   # this slot has one
+        if not self._far_enough(files.seqs, seq, self.spacing(cursor, every), every):
+            return                                   # one lies close enough
         identity = self.wal.frame_identity(seq)
         if identity is None:
             return

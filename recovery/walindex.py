@@ -9,7 +9,10 @@ CRC; reading a range then touches only the frames that hold it.
 Safe while an engine appends to the same directory: :meth:`WalIndex.refresh`
 scans only the bytes added since the last scan (of the newest segment) and
 stops at the first incomplete frame (a write in progress or a torn tail), so
-only whole, checksummed frames are ever returned. A segment sealed meanwhile
+only whole, checksummed frames are ever returned; and while an engine runs,
+nothing past its durable seq (``eventstore.read_durable_seq``: a frame
+written but not yet fsynced is not shown, since a power loss or a failed
+write could still take it back). A segment sealed meanwhile
 (its raw file renamed to ``.zst``) is followed. Every frame read back is
 checked against the CRC recorded when it was indexed.
 
@@ -37,7 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
-from eventstore import CorruptRecordError, PrunedRangeError, SegmentInfo, read_retention, retained_segments
+from eventstore import (CorruptRecordError, PrunedRangeError, SegmentInfo, read_durable_seq, read_retention,
+                        retained_segments)
 from eventstore.reader import decode_frame
 from eventstore import WalSequenceError
 from eventstore.segment import (SEGMENT_HEADER_SIZE, Frame, SeekTable, TornTail, encode_segment_header,
@@ -64,7 +68,9 @@ class WalIndex:
 
     Attributes:
         first_seq: first seq held (``None`` while the WAL is empty).
-        last_seq: last seq of the last whole frame (0 while empty).
+        last_seq: last seq readers see: the last whole frame's, or while an
+            engine runs the durable seq if lower (0 while empty).
+        whole_seq: last seq of the last whole frame on disk.
         torn_tail: the incomplete bytes after it in the newest segment, if any
             (while an engine runs: usually a frame being written).
     """
@@ -87,6 +93,7 @@ class WalIndex:
         self._chunks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.first_seq: Optional[int] = None
         self.last_seq = 0
+        self.whole_seq = 0
         self.torn_tail: Optional[TornTail] = None
 
     # ---------------------------------------------------------------- scanning
@@ -121,6 +128,8 @@ class WalIndex:
             self._scan(i, seg, is_last)
             if not is_last:
                 seg.complete = True
+        durable = read_durable_seq(self.wal_dir)
+        self.last_seq = self.whole_seq if durable is None else min(self.whole_seq, max(durable, self.last_seq))
         return self.last_seq
 
     def _scan(self, index: int, seg: _Segment, is_last: bool) -> None:
@@ -164,7 +173,7 @@ class WalIndex:
                                  zlib.crc32(frame.payload)))
             seg.scanned_end = frame.end_offset + shift
             seg.next_seq = frame.first_seq + frame.count
-            self.last_seq = seg.next_seq - 1
+            self.whole_seq = seg.next_seq - 1
         if not start and not seg.next_seq and len(data) >= SEGMENT_HEADER_SIZE:
             seg.next_seq = int.from_bytes(data[16:24], "little")    # a segment with a header only
         if seg.scanned_end == 0 and len(data) >= SEGMENT_HEADER_SIZE and not tail:
@@ -190,7 +199,7 @@ class WalIndex:
         seg.next_seq = table.first_seq + table.events
         seg.scanned_end = table.raw_size
         if table.events:
-            self.last_seq = seg.next_seq - 1
+            self.whole_seq = seg.next_seq - 1
 
     def _table(self, info: SegmentInfo) -> Optional[SeekTable]:
         if info.path not in self._tables:

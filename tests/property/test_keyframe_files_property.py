@@ -26,7 +26,9 @@ def books_of(h, seq):
 def test_fresh_views_from_keyframe_files_equal_a_full_replay(tmp_path_factory, seed, n, every, picks):
     d = str(tmp_path_factory.mktemp("kf"))
     write_history(d, seed, n, 10**9)               # no engine snapshots: every base is a keyframe file
-    written = open_data_dir(d).write_index(every)
+    writer = open_data_dir(d)
+    writer.timeline.orders_factor = 0              # exactly every `every` events (not by book size)
+    written = writer.write_index(every)
     h0 = open_data_dir(d)
     last = h0.last_seq
     assert written == len(h0.timeline.files.seqs) >= last // every - 1
@@ -50,7 +52,9 @@ def test_fresh_views_from_keyframe_files_equal_a_full_replay(tmp_path_factory, s
 def test_seq_at_time_from_keyframe_headers_equals_the_full_time_index(tmp_path_factory, seed, every, probes):
     d = str(tmp_path_factory.mktemp("kft"))
     write_history(d, seed, 500, 10**9)
-    open_data_dir(d).write_index(every)
+    writer = open_data_dir(d)
+    writer.timeline.orders_factor = 0
+    writer.write_index(every)
     full = open_data_dir(d)
     full.timeline.files = None                    # the whole-WAL time index only
     cmds = [e.ts_ns for _, e in full.events() if e[0] < 64]
