@@ -10,8 +10,9 @@ library only.
 Protocol (all integers little-endian):
     requests, on ``req_fd``: 16-byte messages ``(segment first_seq u64,
         last seq written u64)``; EOF means the engine is gone: sync and exit.
-    state, in the 4096-byte shared page of ``shm_fd``: ``durable_seq u64,
-        errno u64 (0: healthy), fsyncs u64, ns spent in fsync u64``.
+    state, in the 4096-byte shared page of ``shm_fd`` (the file
+        ``<wal>/watermark``, eventstore/watermark.py) at byte ``STATE``:
+        ``durable_seq u64, errno u64 (0: healthy), fsyncs u64, ns spent in fsync u64``.
     wake-ups, on ``ack_fd`` (non-blocking): one byte per published watermark.
 
 Usage: syncer.py WAL_DIR REQ_FD ACK_FD SHM_FD CPU (CPU -1: no pinning)
@@ -26,6 +27,7 @@ import time
 
 MSG = struct.Struct("<QQ")
 SHM = struct.Struct("<QQQQ")
+STATE = 24      # eventstore.watermark.STATE_OFFSET (this file imports the standard library only)
 
 
 def segment_path(wal_dir: str, first_seq: int) -> str:
@@ -47,7 +49,7 @@ def run(wal_dir: str, req_fd: int, ack_fd: int, shm: mmap.mmap) -> None:
     pending = b""
     syncs = 0
     sync_ns = 0
-    durable = SHM.unpack_from(shm, 0)[0]
+    durable = SHM.unpack_from(shm, STATE)[0]
     while True:
         data = os.read(req_fd, 1 << 16)
         if not data:
@@ -73,7 +75,7 @@ def run(wal_dir: str, req_fd: int, ack_fd: int, shm: mmap.mmap) -> None:
         syncs += 1
         sync_ns += time.perf_counter_ns() - t0
         durable = max(durable, upto)
-        shm[0:SHM.size] = SHM.pack(durable, 0, syncs, sync_ns)
+        shm[STATE:STATE + SHM.size] = SHM.pack(durable, 0, syncs, sync_ns)
         try:
             os.write(ack_fd, b"\x01")
         except BlockingIOError:
@@ -97,10 +99,10 @@ def main(argv: list) -> int:
         os.set_blocking(ack_fd, False)
         run(wal_dir, req_fd, ack_fd, shm)
     except OSError as exc:
-        shm[8:16] = struct.pack("<Q", exc.errno or errno.EIO)
+        shm[STATE + 8:STATE + 16] = struct.pack("<Q", exc.errno or errno.EIO)
         return 1
     except BaseException:
-        shm[8:16] = struct.pack("<Q", errno.EIO)
+        shm[STATE + 8:STATE + 16] = struct.pack("<Q", errno.EIO)
         return 1
     return 0
 

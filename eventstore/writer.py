@@ -38,7 +38,6 @@ The format is in ``eventstore/FORMAT.md``.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import queue
 import select
@@ -52,12 +51,12 @@ from collections import deque
 from typing import Any, Optional
 
 import msgpack
-import zstandard
 
 from .buffer import EventBuffer
 from .errors import AtomicWriteError, WalSequenceError, WalWriteError, WriterDiedError, describe_os_error
 from .fsio import atomic_write, free_bytes, fsync_dir, preallocate_keep_size
-from .segment import encode_frame_header, encode_segment_header, list_segments, segment_name
+from .watermark import STATE_OFFSET, create_watermark, release_watermark
+from .segment import SEALED_CHUNK_BYTES, encode_frame_header, encode_sealed, encode_segment_header, list_segments, segment_name
 
 __all__ = ["WalWriter", "CommitStats"]
 
@@ -123,6 +122,8 @@ class WalWriter:
             this size (default 64 MiB).
         compress_sealed: seal closed segments with zstandard.
         zstd_level: compression level for sealed segments (1: 470 MB/s, 2.3x here).
+        sealed_chunk_bytes: raw bytes per independently readable chunk of a sealed
+            segment (``eventstore.segment.SEALED_CHUNK_BYTES``, 1 MiB, by default).
         buffer_capacity: events kept in the in-memory :class:`EventBuffer`.
         max_frame_events: a frame is flushed when it holds this many events.
         syncer_cpu: CPU the syncer process is pinned to. ``None``: the
@@ -146,7 +147,7 @@ class WalWriter:
     """
 
     def __init__(self, wal_dir: str, next_seq: int = 1, *, segment_size_bytes: int = 64 << 20,
-                 compress_sealed: bool = True, zstd_level: int = 1,
+                 compress_sealed: bool = True, zstd_level: int = 1, sealed_chunk_bytes: int = SEALED_CHUNK_BYTES,
                  buffer_capacity: int = 100_000, max_frame_events: int = 65_536,
                  syncer_cpu: Optional[int] = None) -> None:
         os.makedirs(wal_dir, exist_ok=True)
@@ -154,6 +155,7 @@ class WalWriter:
         self.segment_size_bytes = segment_size_bytes
         self.compress_sealed = compress_sealed
         self.zstd_level = zstd_level
+        self.sealed_chunk_bytes = sealed_chunk_bytes
         self.max_frame_events = max_frame_events
         self.stats = CommitStats()
         self._next_seq = next_seq
@@ -179,10 +181,9 @@ class WalWriter:
         if syncer_cpu is None:
             syncer_cpu = allowed[-1] if len(allowed) > 1 else -1
         self.syncer_cpu: Optional[int] = syncer_cpu if syncer_cpu >= 0 else None
-        shm_fd = os.memfd_create("evengine-wal-watermark")
-        os.ftruncate(shm_fd, mmap.PAGESIZE)
-        self._shm = mmap.mmap(shm_fd, mmap.PAGESIZE)
-        self._shm[0:_SHM.size] = _SHM.pack(next_seq - 1, 0, 0, 0)
+        # The durable watermark, shared with the syncer and any reader (eventstore/watermark.py).
+        shm_fd, self._page = create_watermark(wal_dir, next_seq - 1)
+        self._shm = memoryview(self._page)[STATE_OFFSET:]
         req_r, req_w = os.pipe()
         ack_r, ack_w = os.pipe()
         try:
@@ -500,7 +501,7 @@ class WalWriter:
             failed = False
             while True:
                 try:
-                    seal_segment(self.wal_dir, first_seq, self.zstd_level)
+                    seal_segment(self.wal_dir, first_seq, self.zstd_level, self.sealed_chunk_bytes)
                     if failed:
                         log.warning("sealed %s after all", segment_name(first_seq))
                     break
@@ -556,6 +557,8 @@ class WalWriter:
             os.close(self._ack_r)
             self._seal_queue.put(None)
             self._sealer.join()
+            if not self._died:
+                release_watermark(self._page)   # no writer: every whole frame is durable now
 
     def __enter__(self) -> "WalWriter":
         return self
@@ -574,9 +577,11 @@ def _release_preallocation(fd: int, size_bytes: int) -> None:
         pass   # the blocks stay reserved until the segment is sealed (unlinked)
 
 
-def seal_segment(wal_dir: str, first_seq: int, level: int = 1) -> Optional[str]:
+def seal_segment(wal_dir: str, first_seq: int, level: int = 1,
+                 chunk_bytes: int = SEALED_CHUNK_BYTES) -> Optional[str]:
     """Compress the raw segment starting at ``first_seq`` into ``.seg.zst``
-    (one zstd frame with its content checksum), then unlink the raw file.
+    (seekable: zstd frames of whole batch frames and a seek table, FORMAT.md),
+    then unlink the raw file.
     Crash-safe: the sealed file appears whole (``atomic_write``) before the raw
     one goes. Returns the sealed path, or None if there was nothing to seal.
 
@@ -595,8 +600,7 @@ def seal_segment(wal_dir: str, first_seq: int, level: int = 1) -> Optional[str]:
             data = f.read()
     except FileNotFoundError:
         return None
-    atomic_write(sealed, zstandard.ZstdCompressor(level=level, write_checksum=True,
-                                                  write_content_size=True).compress(data))
+    atomic_write(sealed, encode_sealed(data, level, chunk_bytes))
     os.unlink(raw)
     fsync_dir(wal_dir)
     return sealed

@@ -18,7 +18,7 @@ from snapshot import SnapshotInfo, newest_valid
 from .errors import PrunedWalGapError, WalGapError
 from .replay import Replayer
 
-__all__ = ["Recovery", "recover", "wal_dir", "snapshot_dir"]
+__all__ = ["Recovery", "recover", "wal_dir", "snapshot_dir", "index_dir"]
 
 log = logging.getLogger("evengine.recovery")
 
@@ -29,6 +29,11 @@ def wal_dir(data_dir: str) -> str:
 
 def snapshot_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "snapshots")
+
+
+def index_dir(data_dir: str) -> str:
+    """Where persisted time-travel keyframes live (``evengine index``; derived data)."""
+    return os.path.join(data_dir, "index")
 
 
 @dataclass

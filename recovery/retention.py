@@ -64,7 +64,7 @@ from eventstore.retention import remove_segments, write_retention
 from eventstore.segment import list_segments, load_segment_bytes, scan_frames
 from snapshot import list_snapshots, load_snapshot
 
-from .recover import snapshot_dir, wal_dir
+from .recover import index_dir, snapshot_dir, wal_dir
 
 __all__ = ["RetainPolicy", "parse_policy", "SnapFact", "KafkaMarks", "read_kafka_marks", "PrunePlan",
            "plan_prune", "prune_wal", "snapshot_facts", "pinned_snapshots", "commit_prune", "finish_prune",
@@ -439,6 +439,21 @@ def finish_prune(data_dir: str, plan: PrunePlan) -> int:
     if twins or any(not i.sealed for i in gone):
         from eventstore import fsync_dir
         fsync_dir(wd)
+    return freed + _prune_keyframe_files(data_dir, rec.pruned_before_seq)
+
+
+def _prune_keyframe_files(data_dir: str, pruned_before_seq: int) -> int:
+    """Delete persisted time-travel keyframes (derived data) after events the WAL
+    no longer holds: the frame each names is gone, so none could be used."""
+    from .keyframes import KeyframeFiles
+    files = KeyframeFiles(index_dir(data_dir))
+    freed = 0
+    for seq in [q for q in files.seqs if q < pruned_before_seq]:
+        try:
+            freed += os.stat(files.path(seq)).st_size
+        except FileNotFoundError:
+            continue
+        files.remove(seq)
     return freed
 
 

@@ -17,11 +17,12 @@ imports pandas only when one of them is first called (``pip install
        side  level    price  qty  orders  cum_qty  price_decimal  qty_decimal
 
 How a state is found (bounded, :mod:`recovery.keyframes`): the nearest of the
-previous query's matcher, an in-memory keyframe, an engine snapshot, or the
-empty state, then at most ``max_replay`` WAL events. Safe while an engine
-writes the directory: only whole, checksummed frames on disk are read
-(:mod:`recovery.walindex`), an incomplete tail is ignored, and nothing is
-ever written.
+previous query's matcher, an in-memory keyframe, a persisted keyframe
+(``<data-dir>/index``, written by ``evengine index`` or :meth:`History.write_index`),
+an engine snapshot, or the empty state, then at most ``max_replay`` WAL events.
+Safe while an engine writes the directory: only whole, checksummed frames on
+disk are read (:mod:`recovery.walindex`), an incomplete tail is ignored, and
+nothing is written except by :meth:`History.write_index`.
 
 Note on "right after event N": a command and the trades it caused are one
 atomic step of the matcher, so the state after any event of that step is the
@@ -40,7 +41,7 @@ from eventstore import PrunedRangeError, RetentionRecord, WalReader, read_retent
 from snapshot import list_snapshots, load_snapshot
 
 from .keyframes import Stats, Timeline
-from .recover import snapshot_dir, wal_dir
+from .recover import index_dir, snapshot_dir, wal_dir
 from .walindex import WalIndex
 
 __all__ = ["History", "open_data_dir"]
@@ -84,7 +85,8 @@ class History:
                 raise ValueError(f"scales[{symbol!r}] must be two positive integers, got {(p, q)}")
         self.wal = WalIndex(wal_dir(data_dir))
         self.wal.refresh()
-        self.timeline = Timeline(self.wal, snapshot_dir(data_dir), keyframe_every, max_replay, trade_history)
+        self.timeline = Timeline(self.wal, snapshot_dir(data_dir), keyframe_every, max_replay, trade_history,
+                                 index_dir=index_dir(data_dir))
         self._valid_snaps: dict[tuple, bool] = {}
         self.timeline.check_seq = self._check_state_seq
         self.timeline.earliest = lambda: self.earliest_seq if self.retention() is not None else None
@@ -167,6 +169,15 @@ class History:
         (optional: queries build what they need lazily). Returns ``self``."""
         self.timeline.build_index()
         return self
+
+    def write_index(self, every: int = 50_000, progress: Any = None) -> int:
+        """Persist time-travel keyframes under ``<data-dir>/index`` (one per
+        ``every`` events, format ``recovery/FORMAT.md``), so that any later
+        process answers a point query from one of them with at most ``every``
+        events replayed. Continues after the newest file that still checks;
+        safe while an engine runs. Returns the number of files written.
+        See :meth:`recovery.keyframes.Timeline.write_index`."""
+        return self.timeline.write_index(every, progress)
 
     def matcher_at(self, seq: int) -> Matcher:
         """The full engine state right after event ``seq``, a matcher the

@@ -7,11 +7,14 @@
 Figures (shared 2-core machines are noisy: compare within one run):
   1. A synthetic directory of ``--events`` WAL events over ``--symbols`` symbols
      (the seeded benchmark flow, interleaved; built once and reused):
+     ``evengine index`` (persisted keyframes, seconds and bytes), then
      ``book()`` at random seqs, p50/p99 ms, cold (a fresh ``open_data_dir``
-     per call, 10 samples) and warm (200 samples on one History after
-     ``build_index()`` laid keyframes over the whole WAL); stepping 1,000
+     per call, 20 samples, starting from the persisted keyframes) and warm
+     (200 samples on one History after ``build_index()`` laid in-memory
+     keyframes over the whole WAL); ``book_at_time()`` cold; stepping 1,000
      consecutive seqs, ms per step. Beside: ``evengine verify`` of the same
-     directory (a full replay).
+     directory (a full replay), and (``--cold-no-index N``) N cold queries
+     without the index, as before it existed.
   2. The GOOG LOBSTER day (``evengine start`` into a fresh directory):
      ``bbo()`` over the whole day, seconds and peak RSS; a full replay.
   3. The Bitstamp sample: ``depth_heatmap()`` of the whole capture computed and
@@ -43,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 
 
-COLD = 10
+COLD = 20
 """Cold samples (each a fresh open_data_dir: the costly case)."""
 
 
@@ -109,16 +112,34 @@ def task(name: str, args: list) -> None:
     from recovery import open_data_dir
     result: dict = {}
     if name == "book":
-        directory, symbols = args[0], int(args[1])
+        directory, symbols, no_index = args[0], int(args[1]), int(args[2])
         rnd = random.Random(7)
         last = open_data_dir(directory).last_seq
         seqs = [rnd.randint(1, last) for _ in range(200)]
         syms = [f"SYN{rnd.randrange(symbols)}" for _ in seqs]
-        cold = []
+        cold, replayed = [], []
         for seq, sym in zip(seqs[:COLD], syms[:COLD]):
             t0 = time.perf_counter()
-            open_data_dir(directory).book(seq, sym, depth=10)
+            h = open_data_dir(directory)
+            h.book(seq, sym, depth=10)
             cold.append((time.perf_counter() - t0) * 1e3)
+            replayed.append(h.stats.replayed_events)
+        bare = []
+        for seq, sym in zip(seqs[COLD:COLD + no_index], syms[COLD:COLD + no_index]):
+            t0 = time.perf_counter()
+            h = open_data_dir(directory)
+            h.timeline.files = None
+            h.book(seq, sym, depth=10)
+            bare.append((time.perf_counter() - t0) * 1e3)
+        h = open_data_dir(directory)
+        at_time = []
+        top = next(iter(h.events(last, last)))[1]
+        end_ts = getattr(top, "ts_ns", 0) or 0
+        for _ in range(COLD):
+            ts = rnd.randint(0, end_ts) if end_ts else 0
+            t0 = time.perf_counter()
+            open_data_dir(directory).book_at_time(ts, f"SYN{rnd.randrange(symbols)}", depth=10)
+            at_time.append((time.perf_counter() - t0) * 1e3)
         h = open_data_dir(directory)
         h.build_index()          # keyframes over the whole WAL, once: "warm" is after this
         warm = []
@@ -133,6 +154,8 @@ def task(name: str, args: list) -> None:
             h.book(seq, "SYN0", depth=10)
         step = (time.perf_counter() - t0) * 1e3 / 1000
         result = {"cold_p50_ms": statistics.median(cold), "cold_p99_ms": pct(cold, 99),
+                  "cold_replayed_max": max(replayed), "cold_no_index_ms": bare,
+                  "at_time_p50_ms": statistics.median(at_time), "at_time_p99_ms": pct(at_time, 99),
                   "warm_p50_ms": statistics.median(warm), "warm_p99_ms": pct(warm, 99), "step_ms": step,
                   "last_seq": last}
     elif name == "bbo":
@@ -162,6 +185,7 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=4)
     ap.add_argument("--dir", default=str(ROOT / "data" / "bench-history"))
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--cold-no-index", type=int, default=2, help="cold queries without the index (slow: up to a full replay each)")
     ap.add_argument("--skip-goog", action="store_true")
     ap.add_argument("--skip-bitstamp", action="store_true")
     ap.add_argument("--task", help=argparse.SUPPRESS)
@@ -176,10 +200,23 @@ def main() -> None:
         big = base / f"synthetic-{a.events}"
         print(f"1. synthetic, {a.events:,} events, {a.symbols} symbols")
         build_synthetic(big, a.events, a.symbols)
-        r = child("book", str(big), str(a.symbols))
+        shutil.rmtree(big / "index", ignore_errors=True)
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "engine.cli", "index", "--data-dir", str(big), "--json"],
+                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        ix = json.loads(out.strip().splitlines()[-1])
+        wal_bytes = sum(p.stat().st_size for p in (big / "wal").iterdir())
+        print(f"   evengine index: {time.perf_counter() - t0:.1f} s, {ix['keyframes']} keyframes every {ix['every']:,} "
+              f"events, {ix['bytes'] / 1e6:.0f} MB (the WAL: {wal_bytes / 1e6:.0f} MB)")
+        r = child("book", str(big), str(a.symbols), str(a.cold_no_index))
         replay = full_replay_s(big)
         print(f"   book() at 200 random seqs: cold p50 {r['cold_p50_ms']:.1f} ms, p99 {r['cold_p99_ms']:.1f} ms "
-              f"(goal 1,000); warm p50 {r['warm_p50_ms']:.1f} ms, p99 {r['warm_p99_ms']:.1f} ms (goal 100)")
+              f"(goal 1,000; at most {r['cold_replayed_max']:,} events replayed); warm p50 {r['warm_p50_ms']:.1f} ms, "
+              f"p99 {r['warm_p99_ms']:.1f} ms (goal 100)")
+        print(f"   book_at_time() cold: p50 {r['at_time_p50_ms']:.1f} ms, p99 {r['at_time_p99_ms']:.1f} ms")
+        if r["cold_no_index_ms"]:
+            print(f"   cold without the index ({len(r['cold_no_index_ms'])} samples): "
+                  + ", ".join(f"{x:,.0f} ms" for x in r["cold_no_index_ms"]))
         print(f"   stepping 1,000 consecutive seqs: {r['step_ms']:.3f} ms per step (goal 2)   peak RSS "
               f"{r['peak_rss_mb']:.0f} MB")
         print(f"   baseline: full replay (evengine verify) of {r['last_seq']:,} events: {replay:.1f} s")

@@ -558,11 +558,13 @@ class Matcher:
         }
 
     @classmethod
-    def from_state(cls, state: dict, trade_history: int = 10_000) -> "Matcher":
+    def from_state(cls, state: dict, trade_history: int = 10_000, check: bool = True) -> "Matcher":
         """Rebuild a matcher from :meth:`export_state` output.
 
         A state of snapshot format 2 (books of four fields, no accounts)
-        loads as books with no spec and no accounts.
+        loads as books with no spec and no accounts. ``check=False`` skips
+        :meth:`check_invariants` (O(orders)): only for a state this process
+        exported itself (time travel's in-memory keyframes).
 
         Raises:
             BookIntegrityError: the state does not form valid books, or the
@@ -578,10 +580,10 @@ class Matcher:
             spec = SymbolSpec(*entry[4]) if len(entry) > 4 and entry[4] is not None else None
             book = m.books[symbol] = OrderBook(symbol, tick_size, spec)
             book.trade_count = trade_count
-            for order_id, side, price, qty, account in orders:
-                book.rest(RestingOrder(order_id, side, price, qty, account))
+            book.load_orders(orders)
         m.trades.extend(Trade(*t) for t in state["trades"])
-        m.check_invariants()
+        if check:
+            m.check_invariants()
         return m
 
     def state_hash(self) -> str:

@@ -275,3 +275,26 @@ def test_print_trades_lines_carry_kind_and_type(tmp_path):
     assert all(list(t)[:3] == ["seq", "kind", "type"] and (t["kind"], t["type"]) == (64, "trade") for t in trades)
     logged = {e["seq"]: e for e in _replay(tmp_path) if e["type"] == "trade"}
     assert {t["seq"]: t for t in trades} == logged
+
+
+def test_index_writes_keyframes_that_later_inspects_start_from(tmp_path):
+    from recovery import open_data_dir
+    run_to_end(tmp_path, "synthetic:30000:4", "--snapshot-every", "0", "--segment-size-mb", "0.25")
+    report = json.loads(ev("index", "--data-dir", str(tmp_path), "--every", "5000", "--json").stdout)
+    last = report["last_seq"]
+    assert report["written"] == report["keyframes"] >= last // 5000 - 1 and report["bytes"] > 0
+    assert report["replayed_events"] == last
+    again = json.loads(ev("index", "--data-dir", str(tmp_path), "--every", "5000", "--json").stdout)
+    assert again["written"] == 0 and again["replayed_events"] < 5000 + 64     # only the tail after the last one
+    for seq in (7_777, last - 3, 20_001):
+        h = open_data_dir(str(tmp_path), max_replay=10**9)
+        h.timeline.seek(seq)
+        assert h.stats.last_base[0] == "keyframe file" and h.stats.last_replayed <= 5000 + 64
+        truth = open_data_dir(str(tmp_path), max_replay=10**9)
+        truth.timeline.files = None                   # from the empty state, no keyframe file
+        want = truth.matcher_at(seq).state_hash()
+        shown = json.loads(ev("inspect", "--data-dir", str(tmp_path), "--at-seq", str(seq), "--symbol", "SYN",
+                              "--depth", "3", "--json").stdout)
+        assert shown == h.book_at(seq, "SYN", 3) and h.state_hash(seq) == want
+    bad = ev("index", "--data-dir", str(tmp_path), "--every", "0", check=False)
+    assert bad.returncode == 2

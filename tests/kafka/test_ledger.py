@@ -29,7 +29,7 @@ from engine.io.messages import (decode_ledger, decode_record, decode_trade, enco
                                 order_from_command)
 from engine.io.synthetic import SyntheticSource
 from recovery.time_travel import open_data_dir
-from tests.support.kafka import ROOT, EngineProcess, produce, read_topic, wal_trade_messages
+from tests.support.kafka import ROOT, EngineProcess, durable_view, produce, read_topic, wal_trade_messages
 
 ACCOUNTS = 200
 _BALANCE = Kind.BALANCE_CHANGED.value
@@ -248,7 +248,7 @@ def test_sigkill_mid_run_then_restart_republishes_the_ledger_gap_free(tmp_path, 
         eng = engine(data, kafka_bootstrap, t, "--snapshot-every", "15000")
         st = eng.wait_position(source, offsets[-1], timeout_s=60)
         # caught up: every change of the durable WAL acknowledged and in the watermark file
-        h = open_data_dir(str(data))
+        h = durable_view(data, st["last_seq"])
         durable_ledger_seq = h.balance_report(st["last_seq"])["ledger_seq"]
         deadline = time.monotonic() + 30
         while published_ledger_seq() != durable_ledger_seq:

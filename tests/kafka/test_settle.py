@@ -46,7 +46,7 @@ from recovery.time_travel import open_data_dir
 from tests.kafka.test_ledger import engine as engine_process
 from tests.kafka.test_ledger import funded_flow
 from tests.support import postgres as pg
-from tests.support.kafka import produce, wal_trade_messages
+from tests.support.kafka import durable_view, produce, wal_trade_messages
 from tests.support.settle_run import (Db, SettleProcess, assert_verified, engine_report, group_offsets, nonzero,
                                       produce_records, settle_once, topic_end_offsets, topic_repeats, verify)
 from tests.support.settlement import funded_run, stream_records
@@ -358,7 +358,7 @@ def test_the_engine_killed_and_restarted_mid_stream_settles_exactly(tmp_path, ka
     for start, end in zip(cuts, cuts[1:4]):
         eng = engine_process(data, kafka_bootstrap, t, "--snapshot-every", "15000")
         st = eng.wait_position(source, offsets[-1], timeout_s=60)
-        durable = open_data_dir(str(data)).balance_report(st["last_seq"])["ledger_seq"]
+        durable = durable_view(data, st["last_seq"]).balance_report(st["last_seq"])["ledger_seq"]
         deadline = time.monotonic() + 60
         # Everything durable is published (the watermark file may already be past this
         # status's view; the end checks it never runs past the WAL's own ledger).

@@ -148,6 +148,19 @@ class EngineProcess:
         return self.stderr()
 
 
+def durable_view(data_dir: Path, seq: int, timeout_s: float = 30.0):
+    """A History of ``data_dir`` that sees event ``seq``: readers show only what the
+    running engine has fsynced, and a status's ``last_seq`` may be a moment ahead."""
+    from recovery.time_travel import open_data_dir
+    deadline = time.monotonic() + timeout_s
+    while True:
+        h = open_data_dir(str(data_dir))
+        if h.last_seq >= seq:
+            return h
+        assert time.monotonic() < deadline, f"{data_dir}: durable seq {h.last_seq} never reached {seq}"
+        time.sleep(0.01)
+
+
 def wal_trade_messages(data_dir: Path) -> dict[int, dict]:
     """``{match_id: trades message}`` made from the WAL (what Kafka should hold)."""
     from engine.io.messages import trade_message

@@ -211,3 +211,25 @@ def test_check_invariants_catches_a_corrupted_book(how):
     with pytest.raises(BookIntegrityError) as info:
         corrupted(how).check_invariants()
     assert info.value.symbol == "X" and info.value.detail
+
+
+def test_load_orders_builds_the_same_book_as_resting_one_by_one():
+    import random as _random
+    _Book, _Order = OrderBook, RestingOrder
+    rng = _random.Random(5)
+    one = _Book("X", 1)
+    for oid in range(1, 2001):
+        side = rng.choice((1, 2))
+        price = rng.randint(90, 99) if side == 1 else rng.randint(100, 110)
+        one.rest(_Order(oid, side, price, rng.randint(1, 9), rng.randint(1, 5)))
+    for oid in rng.sample(range(1, 2001), 500):      # lazily removed orders stay in their queues
+        one.remove(one.orders[oid])
+    bulk = _Book("X", 1)
+    bulk.load_orders(one.export_orders())
+    bulk.check_invariants()
+    assert bulk.export_orders() == one.export_orders()
+    assert (bulk.top_bid, bulk.top_ask, list(bulk.bid_prices), list(bulk.ask_prices)) == \
+        (one.top_bid, one.top_ask, list(one.bid_prices), list(one.ask_prices))
+    assert [(lv.price, lv.qty, lv.count) for lv in bulk.levels(1)] == [(lv.price, lv.qty, lv.count) for lv in one.levels(1)]
+    with pytest.raises(BookIntegrityError):
+        bulk.load_orders([[9999, 1, 95, 1, 1]])
