@@ -200,6 +200,8 @@ def main() -> None:
         big = base / f"synthetic-{a.events}"
         print(f"1. synthetic, {a.events:,} events, {a.symbols} symbols")
         build_synthetic(big, a.events, a.symbols)
+        from recovery import open_data_dir
+        print(f"   the directory holds {open_data_dir(str(big)).last_seq:,} events")
         shutil.rmtree(big / "index", ignore_errors=True)
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "engine.cli", "index", "--data-dir", str(big), "--json"],
