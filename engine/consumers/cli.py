@@ -19,7 +19,7 @@ from typing import Optional
 
 import typer
 
-__all__ = ["trades_consumer", "DB_HELP"]
+__all__ = ["trades_consumer", "DB_HELP", "check_metrics_option"]
 
 DB_HELP = ("sqlite:///PATH (relative) or sqlite:////ABSOLUTE/PATH, or a bare PATH: a SQLite file (created with its "
            "directory when missing; WAL journal, synchronous=FULL); or postgresql://USER@HOST:PORT/DB: a PostgreSQL "
@@ -27,6 +27,19 @@ DB_HELP = ("sqlite:///PATH (relative) or sqlite:////ABSOLUTE/PATH, or a bare PAT
 
 _IGNORED = "Ignored, accepted so that old command lines still run: the consumer joins no group membership " \
            "(it assigns itself every partition, its offsets are in the database)."
+
+
+def check_metrics_option(metrics: Optional[str]) -> None:
+    """Exit 2 with one ``error:`` line if ``--metrics`` is given and is not HOST:PORT
+    (checked before anything connects)."""
+    if metrics is None:
+        return
+    from engine.prom import parse_metrics_addr
+    try:
+        parse_metrics_addr(metrics)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
 
 
 def trades_consumer(
@@ -80,13 +93,7 @@ def trades_consumer(
 
     from .sql import TransientDatabaseError, describe_url
     from .trade_history import ConsumerConfig, SchemaError, run_consumer
-    if metrics is not None:
-        from engine.prom import parse_metrics_addr
-        try:
-            parse_metrics_addr(metrics)
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
+    check_metrics_option(metrics)
     if instance_id is not None or session_timeout_ms is not None:
         logging.getLogger("evengine.trades_consumer").warning(
             "--instance-id and --session-timeout-ms are ignored: the consumer assigns itself every partition")

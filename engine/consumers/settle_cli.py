@@ -60,13 +60,8 @@ def settle(
     from engine.prom import MetricsBindError
 
     from .settle_service import SettleConfig, run_settle
-    if metrics is not None:
-        from engine.prom import parse_metrics_addr
-        try:
-            parse_metrics_addr(metrics)
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
+    from .cli import check_metrics_option
+    check_metrics_option(metrics)
     from .sql import describe_url
     config = SettleConfig(bootstrap_servers=kafka, db_url=db, data_dirs=tuple(data_dir), ledger_topic=ledger_topic,
                           trades_topic=trades_topic, group=group, max_records=max_records, poll_timeout_ms=poll_ms,

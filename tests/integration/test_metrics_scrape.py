@@ -109,6 +109,12 @@ def test_bad_metrics_addresses_are_refused_before_anything_runs(tmp_path):
                                "--metrics", bad], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "--metrics wants HOST:PORT" in proc.stderr, (bad, proc.stderr)
         assert not (tmp_path / "d").exists()
+    # the consumers check it before they connect anywhere (no broker here)
+    for cmd in (["trades-consumer", "--db", str(tmp_path / "t.db")], ["settle", "--db", str(tmp_path / "s.db")]):
+        proc = subprocess.run([*EV, *cmd, "--kafka", "127.0.0.1:1", "--metrics", "9100"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error:") and "HOST:PORT" in proc.stderr, \
+            (cmd, proc.stderr)
 
 
 def test_the_embedded_gateway_counts_requests_by_route_template_and_status(tmp_path):
