@@ -28,15 +28,23 @@ class ControlRequest:
     def __init__(self, body: dict) -> None:
         self.body = body
         self._done = threading.Event()
-        self.answer: Optional[dict] = None
+        self.answer: Optional[bytes] = None
 
     def reply(self, answer: dict) -> None:
-        self.answer = answer
+        """Answer with ``answer``, encoded here, in the matching loop's thread:
+        the control thread sends bytes, never a view of engine state that may
+        change before it is encoded (a status once paired newer positions with
+        an older ``last_seq`` that way)."""
+        self.answer = _encode(answer)
         self._done.set()
 
-    def wait(self, timeout: float) -> Optional[dict]:
+    def wait(self, timeout: float) -> Optional[bytes]:
         self._done.wait(timeout)
         return self.answer
+
+
+def _encode(answer: dict) -> bytes:
+    return json.dumps(answer, default=str).encode() + b"\n"
 
 
 class ControlServer:
@@ -86,9 +94,9 @@ class ControlServer:
             self._send(conn, answer if answer is not None else {"ok": False, "error": "engine did not answer in time"})
 
     @staticmethod
-    def _send(conn: socket.socket, answer: dict) -> None:
+    def _send(conn: socket.socket, answer: "dict | bytes") -> None:
         try:
-            conn.sendall(json.dumps(answer).encode() + b"\n")
+            conn.sendall(answer if isinstance(answer, bytes) else _encode(answer))
         except OSError:
             pass
 

@@ -714,7 +714,7 @@ class Engine:
             self._snapshot_requested = True
         elif op == "status":
             req.reply({"ok": True, "last_seq": self.matcher.last_seq, "durable_seq": self.wal.durable_seq,
-                       "match_sequence": self.matcher.match_sequence, "positions": dict(self.matcher.positions),
+                       "match_sequence": self.matcher.match_sequence, "positions": self.matcher.positions,
                        "symbols": sorted(self.matcher.books), "snapshot_running": self.snapshots.running is not None,
                        "degraded": self.degraded, "snapshot_error": self.snapshot_error})
         else:
