@@ -291,6 +291,17 @@ class KeyframeFiles:
         self._headers[seq] = (first, count, crc, ts_max, len(blob))
         return path
 
+    def _head(self, raw: bytes, seq: int) -> Optional[tuple]:
+        """The checked header fields of a file's first bytes, or ``None``."""
+        if len(raw) < _KF_HEAD.size:
+            return None
+        fields = _KF_HEAD.unpack_from(raw)
+        magic, version, _flags, _length, fseq = fields[:5]
+        if (magic != _KF_MAGIC or version != KEYFRAME_FILE_VERSION or fseq != seq
+                or zlib.crc32(raw[:_KF_HEAD.size - 4]) != fields[-1]):
+            return None
+        return fields
+
     def header(self, seq: int) -> Optional[tuple[int, int, int, int, int]]:
         """``(frame first_seq, frame count, frame CRC, ts_max, payload length)``
         of the file for ``seq``, or ``None`` if it is missing or its header is bad."""
@@ -299,14 +310,12 @@ class KeyframeFiles:
             return got
         try:
             with open(self.path(seq), "rb") as f:
-                raw = f.read(_KF_HEAD.size)
+                fields = self._head(f.read(_KF_HEAD.size), seq)
         except OSError:
             return None
-        if len(raw) != _KF_HEAD.size:
+        if fields is None:
             return None
-        magic, version, _flags, length, fseq, first, count, crc, ts_max, _pcrc, hcrc = _KF_HEAD.unpack(raw)
-        if magic != _KF_MAGIC or version != KEYFRAME_FILE_VERSION or zlib.crc32(raw[:-4]) != hcrc or fseq != seq:
-            return None
+        _m, _v, _f, length, _s, first, count, crc, ts_max, _pcrc, _hcrc = fields
         got = self._headers[seq] = (first, count, crc, ts_max, length)
         return got
 
@@ -318,12 +327,12 @@ class KeyframeFiles:
                 raw = f.read()
         except OSError:
             return None
-        if len(raw) < _KF_HEAD.size:
+        fields = self._head(raw, seq)
+        if fields is None:
             return None
-        magic, version, _flags, length, fseq, first, count, crc, _ts, pcrc, hcrc = _KF_HEAD.unpack_from(raw)
+        _m, _v, _f, length, _s, first, count, crc, _ts, pcrc, _hcrc = fields
         blob = raw[_KF_HEAD.size:]
-        if (magic != _KF_MAGIC or version != KEYFRAME_FILE_VERSION or fseq != seq
-                or zlib.crc32(raw[:_KF_HEAD.size - 4]) != hcrc or len(blob) != length or zlib.crc32(blob) != pcrc):
+        if len(blob) != length or zlib.crc32(blob) != pcrc:
             return None
         return (first, count, crc), blob
 
@@ -432,26 +441,17 @@ class Timeline:
         self.stats.keyframe_files_written += 1
 
     def _cursor_from_file(self, seq: int) -> Optional[Cursor]:
+        """A cursor from the persisted keyframe at ``seq`` if it checks (see the
+        module doc), else ``None`` with the file no longer offered as a base."""
+        cursor = None
         got = self.files.load(seq)
-        ok = False
-        if got is not None:
-            identity, blob = got
-            try:
-                ok = self.wal.frame_identity(seq) == identity
-            except Exception:  # noqa: BLE001 - a frame that no longer reads: not a base
-                ok = False
-        if not ok:
-            self.files.forget(seq)
-            self.stats.keyframe_files_rejected += 1
-            return None
         try:
-            state, placed, origin = _unpack_keyframe(blob)
-            cursor = Cursor(Matcher.from_state(state, self.trade_history), placed, origin)
-        except Exception:  # noqa: BLE001 - written by another build: not a base
-            self.files.forget(seq)
-            self.stats.keyframe_files_rejected += 1
-            return None
-        if cursor.matcher.last_seq != seq:
+            if got is not None and self.wal.frame_identity(seq) == got[0]:
+                state, placed, origin = _unpack_keyframe(got[1])
+                cursor = Cursor(Matcher.from_state(state, self.trade_history), placed, origin)
+        except Exception:  # noqa: BLE001 - a frame that no longer reads, or another build's state: not a base
+            cursor = None
+        if cursor is None or cursor.matcher.last_seq != seq:
             self.files.forget(seq)
             self.stats.keyframe_files_rejected += 1
             return None

@@ -136,10 +136,11 @@ class WalIndex:
         info = seg.info
         start = seg.scanned_end
         try:
-            if info.sealed and self._table(info) is not None:
+            table = self._table(info) if info.sealed else None
+            if table is not None:
                 if not start:
-                    return self._index_chunks(index, seg, self._table(info))
-                if start >= self._table(info).raw_size:
+                    return self._index_chunks(index, seg, table)
+                if start >= table.raw_size:
                     return
 
             if info.sealed:
