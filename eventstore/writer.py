@@ -462,12 +462,30 @@ class WalWriter:
         return True
 
     def drain_wakeups(self) -> None:
-        """Empty the syncer's wake-up pipe (for a caller that selects on :attr:`wakeup_fd`)."""
+        """Empty the syncer's wake-up pipe (for a caller that selects on :attr:`wakeup_fd`).
+
+        Raises:
+            WriterDiedError: the pipe is at end of file: the syncer exited.
+                A caller that only waits on :attr:`wakeup_fd` learns it here,
+                even when its last frame went into the request pipe before
+                the syncer died (so no write saw ``EPIPE``).
+        """
         try:
             while os.read(self._ack_r, 4096):
                 pass
         except BlockingIOError:
-            pass
+            return
+        self._syncer_exited()
+
+    def _syncer_exited(self) -> None:
+        try:
+            status = self._syncer.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            status = None
+        _, err, _, _ = _SHM.unpack_from(self._shm, 0)
+        self.syncer_pid = 0
+        self._fail(f"the WAL syncer process exited (status {status}, errno {err})")
+        raise WriterDiedError(self._died)
 
     @property
     def wakeup_fd(self) -> int:
@@ -475,12 +493,8 @@ class WalWriter:
         return self._ack_r
 
     def _check_syncer(self) -> None:
-        status = self._syncer.poll()
-        if status is not None and self.syncer_pid:
-            self.syncer_pid = 0
-            _, err, _, _ = _SHM.unpack_from(self._shm, 0)
-            self._fail(f"the WAL syncer process exited (status {status}, errno {err})")
-            raise WriterDiedError(self._died)
+        if self.syncer_pid and self._syncer.poll() is not None:
+            self._syncer_exited()
 
     def _fail(self, why: str) -> None:
         if not self._died:

@@ -105,3 +105,30 @@ def test_dead_syncer_fails_waiters(tmp_path):
             w.flush()
             w.wait_durable(w.next_seq - 1, timeout=0.5)
     w._closed = True  # its syncer is gone; nothing more to close cleanly
+
+
+def test_a_syncer_that_dies_after_taking_a_frame_is_seen_by_a_caller_that_only_waits_on_the_wakeup_fd(tmp_path):
+    """The service's event loop only selects on ``wakeup_fd``; a frame written
+    into the request pipe just before the syncer died meets no ``EPIPE``, so
+    the end of file on the wake-up pipe is how the death shows."""
+    import select
+    import signal
+    from eventstore import WriterDiedError
+    w = WalWriter(str(tmp_path), 1)
+    try:
+        w.append((1,))
+        w.wait_durable(1, timeout=10)
+        os.kill(w.syncer_pid, signal.SIGSTOP)
+        w.append((2,))
+        w.flush()                          # into the pipe: the syncer is alive, only stopped
+        os.kill(w.syncer_pid, signal.SIGKILL)
+        with pytest.raises(WriterDiedError, match="syncer process exited"):
+            for _ in range(100):
+                ready, _, _ = select.select([w.wakeup_fd], [], [], 0.1)
+                if ready:
+                    w.drain_wakeups()
+        assert w.peek_durable() == 1
+        with pytest.raises(WriterDiedError):
+            w.durable_seq
+    finally:
+        w._closed = True  # its syncer is gone; nothing more to close cleanly
