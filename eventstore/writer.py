@@ -181,6 +181,15 @@ class WalWriter:
         if syncer_cpu is None:
             syncer_cpu = allowed[-1] if len(allowed) > 1 else -1
         self.syncer_cpu: Optional[int] = syncer_cpu if syncer_cpu >= 0 else None
+        earlier = [info for info in list_segments(wal_dir) if not info.sealed and info.first_seq < next_seq]
+        # The watermark below claims seq next_seq - 1 durable. A process killed
+        # before its syncer caught up left frames in the page cache only, readable
+        # (recovery replayed them) but not on disk: sync them before anything
+        # behind them is released again.
+        for info in earlier:
+            _sync_file(info.path)
+        if earlier:
+            fsync_dir(wal_dir)
         # The durable watermark, shared with the syncer and any reader (eventstore/watermark.py).
         shm_fd, self._page = create_watermark(wal_dir, next_seq - 1)
         self._shm = memoryview(self._page)[STATE_OFFSET:]
@@ -202,10 +211,10 @@ class WalWriter:
         self._fd = -1
         self._seg_first = 0
         self._seg_size = 0
-        for info in list_segments(wal_dir):
+        for info in earlier:
             # Closed segments of earlier runs; a segment starting at next_seq is
             # empty and becomes the active one again (never seal the active one).
-            if not info.sealed and compress_sealed and info.first_seq < next_seq:
+            if compress_sealed:
                 self._seal_queue.put((info.first_seq, next_seq - 1))
         try:
             self._open_segment(next_seq)
@@ -579,6 +588,14 @@ class WalWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _release_preallocation(fd: int, size_bytes: int) -> None:

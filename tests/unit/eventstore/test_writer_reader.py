@@ -132,3 +132,29 @@ def test_a_syncer_that_dies_after_taking_a_frame_is_seen_by_a_caller_that_only_w
             w.durable_seq
     finally:
         w._closed = True  # its syncer is gone; nothing more to close cleanly
+
+
+def test_a_writer_opened_after_a_crash_syncs_the_earlier_segments_before_it_claims_them_durable(tmp_path, monkeypatch):
+    """A killed process may leave frames in the page cache only; the next
+    writer's watermark starts at ``next_seq - 1``, so it fdatasyncs those
+    segments (the real call, recorded) before it creates the watermark."""
+    from eventstore import writer as writer_mod
+    write_events(tmp_path, 300, compress_sealed=False)
+    raw = [s.path for s in list_segments(str(tmp_path)) if not s.sealed]
+    assert raw
+    order = []
+    real_sync, real_create = os.fdatasync, writer_mod.create_watermark
+
+    def recording_sync(fd):
+        order.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_sync(fd)
+
+    def recording_create(*args):
+        order.append("watermark")
+        return real_create(*args)
+
+    monkeypatch.setattr(writer_mod.os, "fdatasync", recording_sync)
+    monkeypatch.setattr(writer_mod, "create_watermark", recording_create)
+    w = WalWriter(str(tmp_path), 301, compress_sealed=False)
+    w.close()
+    assert order[:len(raw) + 1] == raw + ["watermark"]
