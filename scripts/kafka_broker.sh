@@ -66,10 +66,12 @@ fetch() {
   rm -rf "$KAFKA_LIB_DIR"
   mkdir -p "$KAFKA_LIB_DIR"
   log "resolving Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIB_DIR"
+  # stdout is the KEY=value lines callers parse: Maven's output (even -q prints
+  # ANSI resets there on a first resolve) goes to stderr
   mvn -B -q -f "$KAFKA_POM" "${profile[@]}" \
       -Dkafka.version="$KAFKA_VERSION" -Dlog4j2.version="$LOG4J2_VERSION" \
       dependency:copy-dependencies \
-      -DoutputDirectory="$KAFKA_LIB_DIR" -DincludeScope=runtime \
+      -DoutputDirectory="$KAFKA_LIB_DIR" -DincludeScope=runtime -Dstyle.color=never >&2 \
     || die "mvn dependency:copy-dependencies failed"
   [ -f "$KAFKA_LIB_DIR/kafka_2.13-$KAFKA_VERSION.jar" ] || die "kafka_2.13-$KAFKA_VERSION.jar missing"
   [ -f "$KAFKA_LIB_DIR/kafka-clients-$KAFKA_VERSION.jar" ] || die "kafka-clients-$KAFKA_VERSION.jar missing"
