@@ -17,6 +17,9 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
   (an ``EngineRuntime``), never ahead of the disk; 503 without a view.
 - ``WS /ws/market-data?symbols=A,B``: trades and top-of-book changes
   (``engine/gateway/market_data.py``).
+- ``WS /ws/orders``: streaming order entry, many orders in flight on one
+  connection, each answered once durable, in order
+  (``engine/gateway/order_stream.py``).
 
 The OpenAPI document is a contract, checked by ``tests/contract`` (schemathesis
 against a live gateway): it names every status a route can answer with the
@@ -57,7 +60,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -66,6 +69,7 @@ from engine.core.types import MAX_AMOUNT, MAX_FEE_PPM, MAX_ORDER_ID, MAX_PRICE, 
 
 from .entry import EmbeddedEntry, EntryUnavailable, KafkaEntry, OrderEntry, OrderIds
 from .market_data import MarketDataHub, trade_dict
+from .order_stream import BadMessage, OrderStream
 
 __all__ = ["create_app", "serve", "check_bind", "GatewayServer", "PlaceBody", "AmendBody", "SymbolBody",
            "AssetBody", "TransferBody", "SCHEMA_VALID_422"]
@@ -249,6 +253,61 @@ class AmendBody(_Strict):
 
     price: int = Field(ge=1, le=MAX_PRICE, description=f"price units, 1..{MAX_PRICE}, on the book's tick")
     qty: int = Field(ge=1, le=MAX_QTY, description=f"new leaves quantity, lots, 1..{MAX_QTY}")
+
+
+class StreamCancel(_Strict):
+    """``{"op": "cancel"}`` on ``WS /ws/orders``: ``DELETE /orders/{symbol}/{order_id}``."""
+
+    symbol: str = Field(min_length=1, max_length=32)
+    order_id: int = Field(ge=1, le=MAX_ORDER_ID)
+
+
+class StreamAmend(AmendBody):
+    """``{"op": "amend"}`` on ``WS /ws/orders``: ``PATCH /orders/{symbol}/{order_id}``."""
+
+    symbol: str = Field(min_length=1, max_length=32)
+    order_id: int = Field(ge=1, le=MAX_ORDER_ID)
+
+
+def place_order_message(body: PlaceBody, ids: OrderIds) -> dict:
+    """A validated new order as an ``orders`` message (``engine/io/MESSAGES.md``);
+    ``ids`` assigns the order id when the body has none."""
+    order = {"type": "place", "symbol": body.symbol,
+             "order_id": body.order_id if body.order_id is not None else ids.next(),
+             "side": body.side, "order_type": body.order_type, "tif": body.tif, "qty": body.qty,
+             "post_only": body.post_only, "account": body.account}
+    if body.max_quote:
+        order["max_quote"] = body.max_quote
+    if body.order_type == "limit":
+        order["price"] = body.price
+    return order
+
+
+def stream_order_parser(ids: OrderIds) -> Any:
+    """The ``parse`` of an :class:`~engine.gateway.order_stream.OrderStream`:
+    an order object of ``WS /ws/orders`` -> an ``orders`` message, by the
+    HTTP routes' models (same rules, same 422 details).
+
+    Raises:
+        BadMessage: no or an unknown ``op``, or the fields do not validate.
+    """
+
+    def parse(item: dict) -> dict:
+        op = item.pop("op", None)
+        try:
+            if op == "place":
+                return place_order_message(PlaceBody.model_validate(item), ids)
+            if op == "cancel":
+                c = StreamCancel.model_validate(item)
+                return {"type": "cancel", "symbol": c.symbol, "order_id": c.order_id}
+            if op == "amend":
+                a = StreamAmend.model_validate(item)
+                return {"type": "amend", "symbol": a.symbol, "order_id": a.order_id, "price": a.price, "qty": a.qty}
+        except ValidationError as exc:
+            raise BadMessage(jsonable_encoder(exc.errors(include_url=False))) from None
+        raise BadMessage(f"op must be 'place', 'cancel' or 'amend', got {op!r}")
+
+    return parse
 
 
 _ASSET_STRING = {"type": "string"}
@@ -730,7 +789,8 @@ def _finite(obj: Any) -> Any:
 
 
 def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = None,
-               market_data_queue: int = 10_000, read_timeout_s: float = 5.0, metrics: Any = None) -> FastAPI:
+               market_data_queue: int = 10_000, read_timeout_s: float = 5.0, metrics: Any = None,
+               stream_in_flight: int = 10_000) -> FastAPI:
     """The gateway app.
 
     Args:
@@ -751,10 +811,13 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
             (the engine busy without a pause) before answering 503.
         metrics: an ``engine.gateway.metrics.HttpMetrics`` to count requests
             by route and status into (a middleware; no route is added).
+        stream_in_flight: orders one ``WS /ws/orders`` client may have
+            waiting for their answers before the gateway stops reading it.
     """
     token = token or None
     hub = MarketDataHub(view, max_queue=market_data_queue) if view is not None else None
     ids = OrderIds()
+    parse_stream = stream_order_parser(ids)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -869,15 +932,7 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
         Rules between fields: in the schema. Rules of the book (422, a matcher
         reject): the price on the tick (``PRICE_OFF_TICK``); a market buy in a
         book with risk on needs ``max_quote`` (``INVALID_BUDGET``)."""
-        order = {"type": "place", "symbol": body.symbol,
-                 "order_id": body.order_id if body.order_id is not None else ids.next(),
-                 "side": body.side, "order_type": body.order_type, "tif": body.tif, "qty": body.qty,
-                 "post_only": body.post_only, "account": body.account}
-        if body.max_quote:
-            order["max_quote"] = body.max_quote
-        if body.order_type == "limit":
-            order["price"] = body.price
-        return await submit(order)
+        return await submit(place_order_message(body, ids))
 
     @app.delete("/orders/{symbol}/{order_id}", tags=["order entry"], dependencies=auth,
                 summary="Cancel a resting order")
@@ -981,6 +1036,18 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
                 "last_seq": m.last_seq, "durable_seq": view.engine.wal.peek_durable(),
                 "match_sequence": m.match_sequence, "market_data_clients": len(hub.clients)}
         return body if status == "ok" else JSONResponse(body, status_code=503)
+
+    @app.websocket("/ws/orders")
+    async def order_stream(websocket: WebSocket) -> None:
+        """Streaming order entry: many orders in flight, each answered once
+        durable, in order (``engine/gateway/order_stream.py``)."""
+        if token is not None:
+            scheme, _, given = (websocket.headers.get("authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+                await websocket.close(code=1008, reason="order entry needs the header 'Authorization: Bearer <token>'")
+                return
+        await websocket.accept()
+        await OrderStream(websocket, entry, parse_stream, max_in_flight=stream_in_flight).serve()
 
     @app.websocket("/ws/market-data")
     async def market_data(websocket: WebSocket, symbols: Optional[str] = None) -> None:

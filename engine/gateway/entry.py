@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple, Optional
+from typing import Any, Awaitable, NamedTuple, Optional
 
 from engine.core.commands import Command
 from engine.core.types import Kind, RejectReason
@@ -283,6 +283,23 @@ class OrderEntry(ABC):
             EntryUnavailable: it could not be sent (HTTP 503).
         """
 
+    def submit_many(self, orders: list) -> "Awaitable[list]":
+        """Send ``orders`` in their order; the awaitable gives one item per
+        order, in the same order: its :class:`EntryAnswer`, or the
+        :class:`EntryUnavailable` it met (that order only). Each answer is
+        what :meth:`submit` would give. Here: one task sending them one after
+        another; :class:`EmbeddedEntry` applies them all before it returns."""
+        return asyncio.ensure_future(self._one_by_one(orders))
+
+    async def _one_by_one(self, orders: list) -> list:
+        out: list = []
+        for order in orders:
+            try:
+                out.append(await self.submit(order))
+            except EntryUnavailable as exc:
+                out.append(exc)
+        return out
+
 
 class EmbeddedEntry(OrderEntry):
     """Orders matched in this process by an :class:`EngineRuntime`, answered
@@ -301,20 +318,47 @@ class EmbeddedEntry(OrderEntry):
         self.runtime = runtime
 
     async def submit(self, order: dict) -> EntryAnswer:
-        cmd = command_from_order(order, time.time_ns())
-        kind = order["type"]
-        # Read right before execute() applies the command: it does so before
-        # its first await, so no other command comes in between.
-        before = self._transfer_before(cmd) if kind in _TRANSFER_TYPES else None
-        try:
-            result = await self.runtime.execute(cmd)
-        except RuntimeError as exc:   # the engine stopped or failed before the command was durable
-            raise EntryUnavailable(str(exc)) from None
-        if before is not None:
-            return answer_from_transfer(order, result.seq, result.durable_seq, result.events, before)
-        if kind == "add_asset":
-            return answer_from_asset(order, result.seq, result.durable_seq, result.events)
-        return answer_from_result(order, result.seq, result.durable_seq, result.events)
+        answer = (await self.submit_many([order]))[0]
+        if isinstance(answer, EntryUnavailable):
+            raise answer
+        return answer
+
+    def submit_many(self, orders: list) -> "Awaitable[list]":
+        """Match and log every order now, in order (no other command comes in
+        between two of them); the awaitable gives their answers once all are
+        durable (see :meth:`OrderEntry.submit_many`)."""
+        now = time.time_ns()
+        taken: list = []
+        for order in orders:
+            cmd = command_from_order(order, now)
+            kind = order["type"]
+            # read right before enqueue() applies the command: nothing comes in between
+            before = self._transfer_before(cmd) if kind in _TRANSFER_TYPES else None
+            try:
+                taken.append((order, before, self.runtime.enqueue(cmd)))
+            except RuntimeError as exc:
+                taken.append((order, None, EntryUnavailable(str(exc))))
+        return self._answers(taken)
+
+    async def _answers(self, taken: list) -> list:
+        out: list = []
+        for order, before, fut in taken:
+            if isinstance(fut, EntryUnavailable):
+                out.append(fut)
+                continue
+            try:
+                result = await fut
+            except RuntimeError as exc:
+                out.append(EntryUnavailable(str(exc)))
+                continue
+            kind = order["type"]
+            if before is not None:
+                out.append(answer_from_transfer(order, result.seq, result.durable_seq, result.events, before))
+            elif kind == "add_asset":
+                out.append(answer_from_asset(order, result.seq, result.durable_seq, result.events))
+            else:
+                out.append(answer_from_result(order, result.seq, result.durable_seq, result.events))
+        return out
 
     def _transfer_before(self, cmd: Any) -> TransferBefore:
         accounts = self.runtime.engine.matcher.accounts

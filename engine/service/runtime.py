@@ -203,14 +203,34 @@ class EngineRuntime:
     async def execute(self, cmd: Command) -> CommandResult:
         """Submit ``cmd`` and wait until it and every event it caused are on
         disk. Raises ``RuntimeError`` if the engine stops or fails first."""
+        return await self.enqueue(cmd)
+
+    def enqueue(self, cmd: Command) -> "asyncio.Future[CommandResult]":
+        """Match and log ``cmd`` now (before this returns, so commands are
+        applied in the order of the calls); the future is resolved with its
+        :class:`CommandResult` once it and every event it caused are on disk.
+        For a caller with many commands in flight (a streaming order entry):
+        no task per command.
+
+        Raises:
+            EngineDegradedError: the WAL cannot be written now (nothing done).
+            RuntimeError: the engine failed (nothing done); the future fails
+                with ``RuntimeError`` if it stops or fails before the command
+                is durable.
+        """
         self._check_accepting()
         if not self._resolving:
             self._resolving = True
             self.engine.add_sink(self._resolve)
         fut = self._loop.create_future()
-        self._waiters[self.engine.wal.next_seq] = fut
-        self.submit(cmd)
-        return await fut
+        seq = self.engine.wal.next_seq
+        self._waiters[seq] = fut
+        try:
+            self.submit(cmd)
+        except BaseException:
+            del self._waiters[seq]
+            raise
+        return fut
 
     async def barrier(self) -> int:
         """Wait until everything applied so far is durable; return that seq.
