@@ -296,7 +296,7 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
     """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
     import asyncio
     from engine.service import Engine, EngineConfig
-    from engine.service.serve import parse_symbols, serve
+    from engine.service.serve import parse_symbols, run_event_loop, serve
     from eventstore import EventStoreError
     try:
         symbols = parse_symbols(add_symbol)
@@ -336,7 +336,7 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
     stats: dict = {}
     failure: Optional[BaseException] = None
     try:
-        stats = asyncio.run(serve(engine, kafka=kcfg, http=bind, token=token, symbols=tuple(symbols),
+        stats = run_event_loop(serve(engine, kafka=kcfg, http=bind, token=token, symbols=tuple(symbols),
                                   sinks=(_trade_printer(),) if print_trades else (), on_ready=ready,
                                   metrics=collector, http_metrics=http_metrics))
     except EventStoreError as exc:   # the WAL syncer failed (an fsync error): stop, recover at restart
@@ -376,6 +376,7 @@ def gateway(
     import asyncio
     _setup_logging(verbose)
     from engine.gateway import EntryUnavailable, GatewayServer, KafkaEntry, create_app
+    from engine.service.serve import run_event_loop
     host, port = _http_bind(http, token)
     _metrics_addr(metrics)
     http_metrics = None
@@ -405,7 +406,7 @@ def gateway(
         finally:
             await entry.stop()
     try:
-        asyncio.run(run())
+        run_event_loop(run())
     finally:
         if metrics_server is not None:
             metrics_server.close()
