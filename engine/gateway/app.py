@@ -2,7 +2,8 @@
 
 Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 
-- ``POST /orders``, ``DELETE /orders/{symbol}/{order_id}``,
+- ``POST /orders``, ``POST /orders/batch`` (up to 1000 new orders, one answer
+  each), ``DELETE /orders/{symbol}/{order_id}``,
   ``PATCH /orders/{symbol}/{order_id}`` (amend), ``POST /symbols`` (admin: add
   an order book, optionally with its assets, sizes, fees and risk switch),
   ``POST /assets`` (admin: add an asset), ``POST /deposits``,
@@ -255,6 +256,22 @@ class AmendBody(_Strict):
     qty: int = Field(ge=1, le=MAX_QTY, description=f"new leaves quantity, lots, 1..{MAX_QTY}")
 
 
+MAX_BATCH = 1000
+
+
+class BatchBody(_Strict):
+    """Up to 1000 new orders, entered in their order (no other command comes
+    in between two of them in an embedded engine). Each is validated as the
+    body of ``POST /orders``; one that does not validate fails the whole
+    request (422, nothing reaches the engine)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"orders": [
+        {"symbol": "AAPL", "side": "buy", "price": 10050, "qty": 100},
+        {"symbol": "AAPL", "side": "sell", "price": 10060, "qty": 40}]}]})
+
+    orders: list[PlaceBody] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class StreamCancel(_Strict):
     """``{"op": "cancel"}`` on ``WS /ws/orders``: ``DELETE /orders/{symbol}/{order_id}``."""
 
@@ -466,6 +483,21 @@ class OrderAnswer(BaseModel):
     reject: Optional[Reject]
 
 
+class BatchItem(BaseModel):
+    """One order's answer in a batch: what ``POST /orders`` answers for it."""
+
+    status: int = Field(description="the status POST /orders gives the order: 200 done and durable, 409 or 422 "
+                                    "a matcher reject (durable in the WAL), 503 not taken (embedded); 202 "
+                                    "queued or 503 (Kafka)")
+    body: dict = Field(description="the body POST /orders gives with that status (OrderAnswer, Queued or ErrorOut)")
+
+
+class BatchAnswer(BaseModel):
+    """The answers to a batch, one per order, in the order of the request."""
+
+    results: list[BatchItem]
+
+
 class SymbolAnswer(BaseModel):
     """The answer to a new order book (the shape of :class:`OrderAnswer`)."""
 
@@ -601,7 +633,7 @@ class ValidationErrorOut(BaseModel):
     detail: list[ValidationIssue]
 
 
-_DOC_MODELS = (PlaceBody, AmendBody, SymbolBody, AssetBody, TransferBody, Fill, Reject, OrderAnswer, SymbolAnswer,
+_DOC_MODELS = (PlaceBody, BatchBody, BatchItem, BatchAnswer, AmendBody, SymbolBody, AssetBody, TransferBody, Fill, Reject, OrderAnswer, SymbolAnswer,
                AssetAnswer, TransferAnswer, BalanceOut, AccountOut, Queued, BookOut, TradeOut, TradesOut, HealthOut,
                ErrorOut, ValidationIssue, ValidationErrorOut)
 
@@ -707,6 +739,24 @@ def _entry_responses(route: tuple, embedded: bool, queued: bool, token: bool) ->
     return out, extra
 
 
+def _batch_responses(embedded: bool, queued: bool, token: bool) -> dict:
+    statuses = ([200, 409, 422] if embedded else []) + ([202] if queued else []) + [503]
+    bodies = ([_ref("OrderAnswer")] if embedded else []) + ([_ref("Queued")] if queued else []) + [_ref("ErrorOut")]
+    item = {"allOf": [_ref("BatchItem"), {"properties": {"status": {"enum": statuses},
+                                                         "body": {"anyOf": bodies}}}]}
+    out = {"200": _json({"allOf": [_ref("BatchAnswer"), {"properties": {"results": {"items": item}}}]},
+                        "one answer per order, in the order of the request; each is what POST /orders answers "
+                        "for it (status and body), given once every order of the batch is durable (embedded) "
+                        "or acknowledged by the broker (Kafka)")}
+    if token:
+        out["401"] = _json(_ref("ErrorOut"), "missing or wrong bearer token (nothing reached the engine)",
+                           headers={"WWW-Authenticate": {"description": "Bearer",
+                                                         "schema": {"type": "string", "const": "Bearer"}}})
+    out["422"] = _json(_ref("ValidationErrorOut"), _VALIDATION_422 + ". One order that does not validate fails "
+                                                                      "the whole batch")
+    return out
+
+
 _READ_503 = ("no engine in this process (a gateway that only does order entry), the engine failed, its WAL cannot "
              "be written now (a full disk), or it did not "
              "pause at a durable point in time")
@@ -754,7 +804,10 @@ def build_openapi(app: FastAPI, entry: OrderEntry, view: Any, token: Optional[st
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             route = (path, method)
-            if route in _ENTRY_ROUTES:
+            if route == ("/orders/batch", "post"):
+                op["responses"] = _batch_responses(embedded, queued, bool(token))
+                op["x-schema-valid-422"] = {"rejects": [], "validation": []}
+            elif route in _ENTRY_ROUTES:
                 op["responses"], op["x-schema-valid-422"] = _entry_responses(route, embedded, queued, bool(token))
             else:
                 op["responses"] = _read_responses(route, view is not None)
@@ -933,6 +986,16 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
         reject): the price on the tick (``PRICE_OFF_TICK``); a market buy in a
         book with risk on needs ``max_quote`` (``INVALID_BUDGET``)."""
         return await submit(place_order_message(body, ids))
+
+    @app.post("/orders/batch", tags=["order entry"], dependencies=auth, summary="Enter up to 1000 new orders")
+    async def place_orders(body: BatchBody) -> JSONResponse:
+        """The orders in their order, each answered as ``POST /orders`` answers
+        it (status and body, in ``results``), once all are durable. A matcher
+        reject of one order does not stop the others."""
+        answers = await entry.submit_many([place_order_message(b, ids) for b in body.orders])
+        return _AsciiJSONResponse({"results": [
+            {"status": 503, "body": {"detail": f"order entry unavailable: {a}"}} if isinstance(a, EntryUnavailable)
+            else {"status": a.status_code, "body": a.body} for a in answers]})
 
     @app.delete("/orders/{symbol}/{order_id}", tags=["order entry"], dependencies=auth,
                 summary="Cancel a resting order")

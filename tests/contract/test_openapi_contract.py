@@ -46,6 +46,7 @@ TOKEN = "s3cret"
 ENTRY_ROUTES = {("/orders", "post"), ("/orders/{symbol}/{order_id}", "delete"),
                 ("/orders/{symbol}/{order_id}", "patch"), ("/symbols", "post"), ("/assets", "post"),
                 ("/deposits", "post"), ("/withdrawals", "post")}
+BATCH_ROUTE = ("/orders/batch", "post")
 READ_ROUTES = {("/books/{symbol}", "get"), ("/trades", "get"), ("/accounts/{account}", "get"), ("/health", "get")}
 
 
@@ -143,7 +144,7 @@ def test_schemathesis_finds_no_contract_failure_against_a_live_gateway(tmp_path,
         f"schemathesis found contract failures:\n{report}"
     tested = re.search(r"Tested:\s+(\d+)", report)
     cases = re.search(r"(\d+) generated, (\d+) passed", report)
-    assert tested and int(tested.group(1)) == 11, report         # every operation of the document
+    assert tested and int(tested.group(1)) == 12, report         # every operation of the document
     assert cases and cases.group(1) == cases.group(2) and int(cases.group(1)) > 500, report
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
     assert gw.failed is None and gw.last_seq > 0                  # orders reached the engine, which never failed
@@ -201,8 +202,8 @@ def test_no_token_no_security_and_a_token_bearer_on_order_entry_only():
     (name, scheme), = schemes.items()
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     ops = operations(doc)
-    assert set(ops) == ENTRY_ROUTES | READ_ROUTES
-    for route in ENTRY_ROUTES:
+    assert set(ops) == ENTRY_ROUTES | {BATCH_ROUTE} | READ_ROUTES
+    for route in ENTRY_ROUTES | {BATCH_ROUTE}:
         assert ops[route]["security"] == [{name: []}], route
         unauthorized = ops[route]["responses"]["401"]
         assert "WWW-Authenticate" in unauthorized["headers"], route
@@ -264,11 +265,16 @@ def test_every_status_is_documented_per_route_and_the_cross_field_rules_are_stat
     assert set(ops[("/trades", "get")]["responses"]) == {"200", "404", "422", "503"}
     assert set(ops[("/accounts/{account}", "get")]["responses"]) == {"200", "422", "503"}
     assert set(ops[("/health", "get")]["responses"]) == {"200", "503"}
+    # a batch answers 200 with one result per order (each a POST /orders status and body), or 422
+    assert set(ops[BATCH_ROUTE]["responses"]) == {"200", "422"}
     assert set(operations(document(with_view=False))[("/health", "get")]["responses"]) == {"200"}
     # Kafka order entry answers 202, never 200 or 409 (the engine decides later)
     kafka = operations(document(entry=KafkaEntry("127.0.0.1:1")))
     for route in ENTRY_ROUTES:
         assert set(kafka[route]["responses"]) == {"202", "422", "503"}, route
+    batch_item = kafka[BATCH_ROUTE]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert batch_item["allOf"][1]["properties"]["results"]["items"]["allOf"][1]["properties"]["status"] == \
+        {"enum": [202, 503]}
 
     schemas = document()["components"]["schemas"]
     # the rules between fields, as JSON Schema: checked on bodies

@@ -135,3 +135,30 @@ def test_with_a_token_the_handshake_needs_it(tmp_path):
                 a = await recv(ws)
                 assert a["status"] == 409 and a["body"]["reject"]["reason"] == "UNKNOWN_SYMBOL"   # it got in
     asyncio.run(main())
+
+
+def test_a_batch_over_http_is_entered_in_order_and_answered_per_order(tmp_path):
+    async def main():
+        async with gateway(tmp_path) as gw:
+            await post_ok(gw, "/symbols", {"symbol": "AAA", "tick_size": 5})
+            body = {"orders": [{"symbol": "AAA", "order_id": 1, "side": "buy", "price": 100, "qty": 3},
+                               {"symbol": "AAA", "order_id": 1, "side": "buy", "price": 100, "qty": 3},  # duplicate
+                               {"symbol": "AAA", "order_id": 2, "side": "sell", "price": 101, "qty": 1},  # off tick
+                               {"symbol": "AAA", "order_id": 3, "side": "sell", "price": 100, "qty": 2}]}
+            r = await gw.http.post("/orders/batch", json=body)
+            assert r.status_code == 200, r.text
+            results = r.json()["results"]
+            assert [x["status"] for x in results] == [200, 409, 422, 200]
+            assert results[1]["body"]["reject"]["reason"] == "DUPLICATE_ORDER_ID"
+            assert results[3]["body"]["fills"][0]["maker_order_id"] == 1
+            assert gw.engine.wal.durable_seq >= results[3]["body"]["fills"][0]["seq"]
+            seqs = [x["body"]["seq"] for x in results]
+            assert seqs == sorted(seqs)
+            # one order out of its schema fails the whole batch, and nothing is entered
+            before = gw.engine.matcher.last_seq
+            bad = {"orders": [body["orders"][0] | {"order_id": 9}, {"symbol": "AAA", "side": "buy", "qty": 0}]}
+            r = await gw.http.post("/orders/batch", json=bad)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "orders", 1]
+            assert (await gw.http.post("/orders/batch", json={"orders": []})).status_code == 422
+            assert gw.engine.matcher.last_seq == before
+    asyncio.run(main())
