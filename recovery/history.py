@@ -19,6 +19,7 @@ Every DataFrame's ``attrs`` carry ``seq`` (or ``from_seq``/``to_seq``) and ``sym
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -239,6 +240,40 @@ def ledger(h: History, from_seq: int, to_seq: int, account: Optional[int] = None
     return df
 
 
+# Top-of-book rows of a replayed range, kept per History: depth_heatmap()
+# records them on its replay, so a bbo() of the same range (the mid line on a
+# heatmap) costs no second replay. Only whole ranges (to_seq <= last_seq: the
+# events are durable and never change); the last few per History.
+_TOPS: "weakref.WeakKeyDictionary[History, dict]" = weakref.WeakKeyDictionary()
+_TOPS_KEPT = 4
+
+
+class _TopsRecorder:
+    """Rows ``(seq, ts_ns, bid, bid_qty, ask, ask_qty)`` at ``from_seq`` and
+    after every later step of ``symbol`` that changed its best bid or offer."""
+
+    def __init__(self, h: History, symbol: str) -> None:
+        self.tl = h.timeline
+        self.symbol = symbol
+        self.rows: list = []
+        self.last: Any = None
+
+    def emit(self, seq: int, ts_ns: int) -> None:
+        tl = self.tl
+        b = tl.cursor.matcher.books.get(self.symbol) if tl.cursor is not None else None
+        top = _top(b) if b is not None else (None, None, None, None)
+        if top != self.last:
+            self.last = top
+            self.rows.append((seq, ts_ns) + top)
+
+    def keep(self, h: History, from_seq: int, to_seq: int) -> None:
+        if to_seq <= h.last_seq:
+            kept = _TOPS.setdefault(h, {})
+            kept[(from_seq, to_seq, self.symbol)] = self.rows
+            while len(kept) > _TOPS_KEPT:
+                del kept[next(iter(kept))]
+
+
 def bbo(h: History, from_seq: int, to_seq: int, symbol: str, every: Optional[str] = None) -> pd.DataFrame:
     """Best bid and offer of ``symbol``: a row at ``from_seq`` and after every
     later step up to ``to_seq`` that changed it.
@@ -249,26 +284,25 @@ def bbo(h: History, from_seq: int, to_seq: int, symbol: str, every: Optional[str
     one row per time bin, the last value in it, forward-filled through bins
     without a change, indexed by the bin's start (``ts``).
 
-    Complexity: replays ``to_seq - from_seq`` events (plus the bounded seek to ``from_seq``).
+    Complexity: replays ``to_seq - from_seq`` events (plus the bounded seek to
+    ``from_seq``); none when :func:`depth_heatmap` or ``bbo`` replayed the same
+    whole range of ``symbol`` on this History just before (it keeps the rows).
     """
     tl = h.timeline
-    rows: list = []
-    last: list = [None]
+    rows = _TOPS.get(h, {}).get((from_seq, to_seq, symbol))
+    if rows is None:
+        tops = _TopsRecorder(h, symbol)
+        emit = tops.emit
 
-    def emit(seq: int, ts_ns: int) -> None:
-        b = tl.cursor.matcher.books.get(symbol) if tl.cursor is not None else None
-        top = _top(b) if b is not None else (None, None, None, None)
-        if top != last[0]:
-            last[0] = top
-            rows.append((seq, ts_ns) + top)
+        def post(seq: int, cmd: Any, _out: list, _ctx: Any) -> None:
+            if len(cmd) > 2 and cmd[2] == symbol:
+                emit(seq, cmd[1])
 
-    def post(seq: int, cmd: Any, _out: list, _ctx: Any) -> None:
-        if len(cmd) > 2 and cmd[2] == symbol:
-            emit(seq, cmd[1])
-
-    tl.seek(from_seq)
-    emit(from_seq, tl.ts_of(from_seq))
-    tl.walk(from_seq, to_seq, post)
+        tl.seek(from_seq)
+        emit(from_seq, tl.ts_of(from_seq))
+        tl.walk(from_seq, to_seq, post)
+        rows = tops.rows
+        tops.keep(h, from_seq, to_seq)
     df = pd.DataFrame(rows, columns=["seq", "ts", "bid", "bid_qty", "ask", "ask_qty"])
     df["ts"] = _ts(df["ts"].to_numpy(dtype="int64"))
     for c in ("bid", "bid_qty", "ask", "ask_qty"):
@@ -561,12 +595,16 @@ def depth_heatmap(h: History, from_seq: int, to_seq: int, symbol: str, time_bin:
             changes_price.append(cell[1])
             changes_qty.append(total)
 
+    tops = _TopsRecorder(h, symbol)
+    emit_top = tops.emit
+
     def post(seq: int, cmd: Any, out: list, ctx: Any) -> None:
         ts = cmd[1]
         if type(ts) is int and ts > cur_max[0]:
             set_bin(ts)
         if cmd[2] != symbol:
             return
+        emit_top(seq, ts)
         b = the_book()
         if b is None:
             return
@@ -584,6 +622,7 @@ def depth_heatmap(h: History, from_seq: int, to_seq: int, symbol: str, time_bin:
 
     cursor = tl.seek(from_seq)
     set_bin(tl.ts_of(from_seq))
+    emit_top(from_seq, tl.ts_of(from_seq))
     b0 = cursor.matcher.books.get(symbol)
     if b0 is not None:
         for side in (1, 2):
@@ -597,6 +636,7 @@ def depth_heatmap(h: History, from_seq: int, to_seq: int, symbol: str, time_bin:
             changes_price.append(bucket)
             changes_qty.append(q)
     tl.walk(from_seq, to_seq, post, pre)
+    tops.keep(h, from_seq, to_seq)
     if t0[0] is None:
         t0[0] = 0
     n_bins = cur_bin[0] + 1

@@ -160,6 +160,28 @@ def test_heatmap_pivot_matches_books_at_bin_ends(tmp_path):
         assert got == want
 
 
+def test_bbo_after_a_heatmap_of_the_same_range_is_the_bbo_a_fresh_replay_gives(tmp_path):
+    """depth_heatmap() keeps the top-of-book rows of its replay for bbo() of the
+    same whole range (the mid on a heatmap): the same table, without a replay."""
+    run_engine(tmp_path, 4_000)
+    last = open_data_dir(str(tmp_path)).last_seq
+    for lo, hi, every in [(1, last, None), (2, 3_000, "100us"), (1_500, 1_500, None), (10, 2_000, None)]:
+        want = open_data_dir(str(tmp_path)).bbo(lo, hi, "SYN", every=every)
+        h = open_data_dir(str(tmp_path))
+        h.depth_heatmap(lo, hi, "SYN", time_bin="100us", price_bin=3)
+        replayed = h.stats.replayed_events
+        got = h.bbo(lo, hi, "SYN", every=every)
+        assert h.stats.replayed_events == replayed            # no second replay
+        pd.testing.assert_frame_equal(got, want)
+        assert len(got) > (0 if lo == hi else 10)
+    # a range beyond the durable end is never kept: the next bbo replays
+    h = open_data_dir(str(tmp_path))
+    h.depth_heatmap(1, last + 100, "SYN", time_bin="100us")
+    replayed = h.stats.replayed_events
+    h.bbo(1, last + 100, "SYN")
+    assert h.stats.replayed_events > replayed
+
+
 def test_balances_and_ledger_tables_of_a_funded_run(tmp_path):
     """``balances(seq)`` is the matcher's balances at any seq; ``ledger``
     lists every change in ledger_seq order, each row's balances the running
