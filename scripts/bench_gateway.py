@@ -9,7 +9,8 @@ Prints, each on its own line:
 1. baseline: ``GET /health`` with wrk (the HTTP server and framework alone,
    no engine work, no fsync): requests/s, p50/p99.
 2. ``POST /orders`` with wrk, ``--connections`` connections: orders/s, p50/p99
-   (every answer after the order's fsync), and non-2xx answers.
+   (every answer after the order's fsync), and non-2xx answers; then
+   ``POST /orders/batch`` of ``--ws-batch`` orders a request, 4 connections.
 3. ``WS /ws/orders``, one connection, pipelined: messages of ``--ws-batch``
    orders, at most ``--ws-window`` orders in flight: orders/s, per-message
    latency p50/p99 (send to answer; an answer comes after the fsync of its
@@ -57,6 +58,22 @@ end
 """
 
 
+_WRK_BATCH = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local batch = tonumber(os.getenv("BATCH") or "100")
+request = function()
+  local parts = {}
+  for i = 1, batch do
+    local side, price
+    if i % 2 == 0 then side = "buy"; price = 1000 + math.random(0, 24) else side = "sell"; price = 1020 + math.random(0, 24) end
+    parts[i] = string.format('{"symbol":"AAA","side":"%s","price":%d,"qty":%d}', side, price, math.random(1, 5))
+  end
+  return wrk.format(nil, "/orders/batch", nil, '{"orders":[' .. table.concat(parts, ",") .. ']}')
+end
+"""
+
+
 def start_engine(data_dir: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--http", "127.0.0.1:0",
                              "--data-dir", str(data_dir), "--add-symbol", "AAA", "--snapshot-every", "0",
@@ -81,7 +98,8 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(port: int, path: str, connections: int, seconds: int, script: str | None = None) -> dict:
+def wrk(port: int, path: str, connections: int, seconds: int, script: str | None = None,
+        env: dict | None = None) -> dict:
     cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         if script:
@@ -89,7 +107,7 @@ def wrk(port: int, path: str, connections: int, seconds: int, script: str | None
             cmd += ["-s", f.name]
     try:
         out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                             check=True).stdout
+                             check=True, env=dict(os.environ, **(env or {}))).stdout
     finally:
         os.unlink(f.name)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -183,6 +201,10 @@ def main() -> None:
                 print(f"2. POST /orders, {a.connections} connections: {r['per_s']:,.0f} orders/s "
                       f"({r['per_s'] / result['health']['per_s']:.2f}x the baseline), p50 {r['p50_ms']:.2f} ms, "
                       f"p99 {r['p99_ms']:.2f} ms, non-2xx {r['non_2xx']} (goal 10,000/s)")
+                r = result["http_batch"] = wrk(port, "/", 4, a.seconds, _WRK_BATCH, {"BATCH": str(a.ws_batch)})
+                print(f"2b. POST /orders/batch, {a.ws_batch} orders a request, 4 connections: "
+                      f"{r['per_s'] * a.ws_batch:,.0f} orders/s, per request p50 {r['p50_ms']:.2f} ms, "
+                      f"p99 {r['p99_ms']:.2f} ms, non-2xx {r['non_2xx']}")
             else:
                 print("1-2. skipped: no wrk (apt-get install wrk)")
             r = result["ws"] = asyncio.run(ws_stream(port, a.seconds, a.ws_batch, a.ws_window))
