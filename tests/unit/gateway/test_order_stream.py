@@ -7,6 +7,7 @@ the connection kept; a token closes an unauthenticated handshake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -24,40 +25,47 @@ def place(i: int, side: str, price: int, qty: int = 1, **kw) -> dict:
     return {"op": "place", "ref": i, "symbol": "AAA", "order_id": i, "side": side, "price": price, "qty": qty, **kw}
 
 
+@contextlib.asynccontextmanager
+async def stream(tmp_path, tick_size: int = 1, **kw):
+    """An engine with book AAA, its gateway on a real uvicorn, one ``/ws/orders`` client."""
+    async with gateway(tmp_path, real_server=True, **kw) as gw:
+        await post_ok(gw, "/symbols", {"symbol": "AAA", "tick_size": tick_size})
+        async with websockets.connect(url(gw)) as ws:
+            yield gw, ws
+
+
 async def recv(ws):
     return json.loads(await asyncio.wait_for(ws.recv(), DEADLINE_S))
 
 
 def test_a_stream_of_pipelined_orders_is_answered_in_order_each_after_its_fsync(tmp_path):
     async def main():
-        async with gateway(tmp_path, real_server=True) as gw:
-            await post_ok(gw, "/symbols", {"symbol": "AAA", "tick_size": 1})
+        async with stream(tmp_path) as (gw, ws):
             wal = gw.engine.wal
-            async with websockets.connect(url(gw)) as ws:
-                # 300 messages sent before any answer is read: single objects and arrays mixed
-                sent: list = []
-                for i in range(1, 201):
-                    msg = place(i, "buy" if i % 2 else "sell", 100 if i % 2 else 101)
-                    sent.append([msg["ref"]])
-                    await ws.send(json.dumps(msg))
-                batch = [place(i, "sell", 100, qty=1) for i in range(1001, 1101)]   # takes 100 resting bids
-                sent.append([m["ref"] for m in batch])
-                await ws.send(json.dumps(batch))
-                answers = []
-                for expect in sent:
-                    got = await recv(ws)
-                    durable = wal.durable_seq
-                    got = [got] if isinstance(got, dict) else got
-                    assert [a["ref"] for a in got] == expect
-                    for a in got:
-                        assert a["status"] == 200, a
-                        assert durable >= max([a["body"]["seq"]] + [f["seq"] for f in a["body"]["fills"]])
-                    answers.extend(got)
-                seqs = [a["body"]["seq"] for a in answers]
-                assert seqs == sorted(seqs)          # applied in the order they came in
-                fills = [f for a in answers[200:] for f in a["body"]["fills"]]
-                assert len(fills) == 100 and [a["body"]["status"] for a in answers[200:]] == ["filled"] * 100
-                assert [f["maker_order_id"] for f in fills] == list(range(1, 201, 2))   # time priority
+            # 300 messages sent before any answer is read: single objects and arrays mixed
+            sent: list = []
+            for i in range(1, 201):
+                msg = place(i, "buy" if i % 2 else "sell", 100 if i % 2 else 101)
+                sent.append([msg["ref"]])
+                await ws.send(json.dumps(msg))
+            batch = [place(i, "sell", 100, qty=1) for i in range(1001, 1101)]   # takes 100 resting bids
+            sent.append([m["ref"] for m in batch])
+            await ws.send(json.dumps(batch))
+            answers = []
+            for expect in sent:
+                got = await recv(ws)
+                durable = wal.durable_seq
+                got = [got] if isinstance(got, dict) else got
+                assert [a["ref"] for a in got] == expect
+                for a in got:
+                    assert a["status"] == 200, a
+                    assert durable >= max([a["body"]["seq"]] + [f["seq"] for f in a["body"]["fills"]])
+                answers.extend(got)
+            seqs = [a["body"]["seq"] for a in answers]
+            assert seqs == sorted(seqs)          # applied in the order they came in
+            fills = [f for a in answers[200:] for f in a["body"]["fills"]]
+            assert len(fills) == 100 and [a["body"]["status"] for a in answers[200:]] == ["filled"] * 100
+            assert [f["maker_order_id"] for f in fills] == list(range(1, 201, 2))   # time priority
             # what was answered is what the WAL holds
             h = open_data_dir(gw.data_dir)
             placed = [e.order_id for _, e in h.events() if type(e).__name__ == "PlaceOrder"]
@@ -67,19 +75,17 @@ def test_a_stream_of_pipelined_orders_is_answered_in_order_each_after_its_fsync(
 
 def test_stream_answers_match_the_http_routes_cancel_amend_and_rejects(tmp_path):
     async def main():
-        async with gateway(tmp_path, real_server=True) as gw:
-            await post_ok(gw, "/symbols", {"symbol": "AAA", "tick_size": 5})
-            async with websockets.connect(url(gw)) as ws:
-                await ws.send(json.dumps([
-                    place(1, "buy", 100, qty=10),
-                    {"op": "amend", "ref": "a", "symbol": "AAA", "order_id": 1, "price": 105, "qty": 4},
-                    {"op": "cancel", "ref": "c", "symbol": "AAA", "order_id": 1},
-                    {"op": "cancel", "ref": "again", "symbol": "AAA", "order_id": 1},
-                    place(2, "buy", 101),                                   # off the tick
-                    {"op": "place", "ref": "bad", "symbol": "AAA", "side": "buy", "qty": 1},   # no price
-                    {"op": "replace", "ref": "op"},
-                ]))
-                got = await recv(ws)
+        async with stream(tmp_path, tick_size=5) as (gw, ws):
+            await ws.send(json.dumps([
+                place(1, "buy", 100, qty=10),
+                {"op": "amend", "ref": "a", "symbol": "AAA", "order_id": 1, "price": 105, "qty": 4},
+                {"op": "cancel", "ref": "c", "symbol": "AAA", "order_id": 1},
+                {"op": "cancel", "ref": "again", "symbol": "AAA", "order_id": 1},
+                place(2, "buy", 101),                                   # off the tick
+                {"op": "place", "ref": "bad", "symbol": "AAA", "side": "buy", "qty": 1},   # no price
+                {"op": "replace", "ref": "op"},
+            ]))
+            got = await recv(ws)
             by = {a["ref"]: a for a in got}
             assert [a["ref"] for a in got] == [1, "a", "c", "again", 2, "bad", "op"]
             assert by[1]["status"] == 200 and by[1]["body"]["status"] == "resting"
@@ -97,29 +103,25 @@ def test_stream_answers_match_the_http_routes_cancel_amend_and_rejects(tmp_path)
 
 def test_a_bad_message_is_answered_and_the_stream_goes_on(tmp_path):
     async def main():
-        async with gateway(tmp_path, real_server=True) as gw:
-            await post_ok(gw, "/symbols", {"symbol": "AAA", "tick_size": 1})
-            async with websockets.connect(url(gw)) as ws:
-                for bad in ("{not json", "[]", "[1, 2]", "42", json.dumps([place(i, "buy", 1) for i in range(1001)])):
-                    await ws.send(bad)
-                    a = await recv(ws)
-                    assert a["ref"] is None and a["status"] == 422, a
-                await ws.send(json.dumps(place(7, "buy", 100)))
+        async with stream(tmp_path) as (gw, ws):
+            for bad in ("{not json", "[]", "[1, 2]", "42", json.dumps([place(i, "buy", 1) for i in range(1001)])):
+                await ws.send(bad)
                 a = await recv(ws)
-                assert (a["ref"], a["status"], a["body"]["order_id"]) == (7, 200, 7)
+                assert a["ref"] is None and a["status"] == 422, a
+            await ws.send(json.dumps(place(7, "buy", 100)))
+            a = await recv(ws)
+            assert (a["ref"], a["status"], a["body"]["order_id"]) == (7, 200, 7)
     asyncio.run(main())
 
 
 def test_flow_control_holds_reading_at_max_in_flight_and_loses_nothing(tmp_path):
     async def main():
-        async with gateway(tmp_path, real_server=True, stream_in_flight=8) as gw:
-            await post_ok(gw, "/symbols", {"symbol": "AAA", "tick_size": 1})
-            async with websockets.connect(url(gw)) as ws:
-                n = 2000
-                for i in range(1, n + 1):
-                    await ws.send(json.dumps(place(i, "buy", 100)))
-                refs = [(await recv(ws))["ref"] for _ in range(n)]
-                assert refs == list(range(1, n + 1))
+        async with stream(tmp_path, stream_in_flight=8) as (gw, ws):
+            n = 2000
+            for i in range(1, n + 1):
+                await ws.send(json.dumps(place(i, "buy", 100)))
+            refs = [(await recv(ws))["ref"] for _ in range(n)]
+            assert refs == list(range(1, n + 1))
             assert gw.engine.matcher.books["AAA"].bid_levels[100].qty == n
     asyncio.run(main())
 
