@@ -101,6 +101,18 @@ def full_replay_s(directory: Path) -> float:
     return time.perf_counter() - t0
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), MB. Not ``ru_maxrss``: Linux
+    carries that over ``execve`` from the parent's memory (subprocess forks a
+    copy of this script's parent), so a child started from a big parent would
+    report the parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(task: str, *args: str) -> dict:
     """Run one task in a fresh interpreter; its printed JSON plus peak RSS (MB)."""
     out = subprocess.run([sys.executable, __file__, "--task", task, *args], check=True, capture_output=True,
@@ -175,7 +187,7 @@ def task(name: str, args: list) -> None:
                                       trades=h.trades(1, h.last_seq, symbol))
         fig.savefig(png, dpi=80)
         result = {"computed_s": computed, "seconds": time.perf_counter() - t0, "rows": len(heat)}
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
