@@ -272,6 +272,18 @@ def _trade_printer() -> Any:
     return sink
 
 
+def _event_loop_name() -> str:
+    """The event loop a service runs on (``engine.service.serve.event_loop_factory``);
+    exit 2 with one line for a bad ``EVENGINE_EVENT_LOOP``."""
+    from engine.service.serve import event_loop_factory
+    try:
+        return event_loop_factory()[0]
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except ImportError as exc:
+        _fail(f"EVENGINE_EVENT_LOOP is 'uvloop' and uvloop does not import: {exc}", 2)
+
+
 def _http_bind(http: str, token: Optional[str]) -> tuple[str, int]:
     """``--http HOST:PORT`` -> ``(host, port)``; exit 2 when malformed, or not
     loopback without a token (``engine.gateway.check_bind``)."""
@@ -298,6 +310,7 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
     from engine.service import Engine, EngineConfig
     from engine.service.serve import parse_symbols, run_event_loop, serve
     from eventstore import EventStoreError
+    loop_name = _event_loop_name()
     try:
         symbols = parse_symbols(add_symbol)
     except ValueError as exc:
@@ -332,7 +345,8 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
 
     def ready(info: dict) -> None:
         extra = {"metrics_url": metrics_server.url} if metrics_server is not None else {}
-        print(json.dumps({"ready": True, "last_seq": engine.matcher.last_seq, **info, **extra}), flush=True)
+        print(json.dumps({"ready": True, "last_seq": engine.matcher.last_seq, **info, "event_loop": loop_name,
+                          **extra}), flush=True)
     stats: dict = {}
     failure: Optional[BaseException] = None
     try:
@@ -377,6 +391,7 @@ def gateway(
     _setup_logging(verbose)
     from engine.gateway import EntryUnavailable, GatewayServer, KafkaEntry, create_app
     from engine.service.serve import run_event_loop
+    loop_name = _event_loop_name()
     host, port = _http_bind(http, token)
     _metrics_addr(metrics)
     http_metrics = None
@@ -400,7 +415,7 @@ def gateway(
             server = GatewayServer(create_app(entry, None, token=token, metrics=http_metrics), host, port)
             await server.start()
             extra = {"metrics_url": metrics_server.url} if metrics_server is not None else {}
-            print(json.dumps({"ready": True, "http_port": server.port, **extra}), flush=True)
+            print(json.dumps({"ready": True, "http_port": server.port, "event_loop": loop_name, **extra}), flush=True)
             await stop.wait()
             await server.stop()
         finally:

@@ -298,3 +298,31 @@ def test_index_writes_keyframes_that_later_inspects_start_from(tmp_path):
         assert shown == h.book_at(seq, "SYN", 3) and h.state_hash(seq) == want
     bad = ev("index", "--data-dir", str(tmp_path), "--every", "0", check=False)
     assert bad.returncode == 2
+
+
+@pytest.mark.parametrize("choice, expect", [(None, "uvloop"), ("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_a_service_runs_on_the_event_loop_chosen_and_says_which(tmp_path, choice, expect):
+    import httpx
+    env = {k: v for k, v in os.environ.items() if k != "EVENGINE_EVENT_LOOP"}
+    if choice is not None:
+        env["EVENGINE_EVENT_LOOP"] = choice
+    proc = subprocess.Popen([*EV, "start", "--http", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+                             "--add-symbol", "AAA", "--snapshot-every", "0", "--no-verbose"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event_loop"] == expect
+        r = httpx.post(f"http://127.0.0.1:{ready['http_port']}/orders", timeout=30,
+                       json={"symbol": "AAA", "side": "buy", "price": 10, "qty": 1})
+        assert r.status_code == 200 and r.json()["status"] == "resting"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+
+
+def test_an_unknown_event_loop_is_refused_with_one_line(tmp_path):
+    proc = ev("start", "--http", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"), check=False,
+              env=dict(os.environ, EVENGINE_EVENT_LOOP="tokio"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: EVENGINE_EVENT_LOOP must be 'uvloop' or 'asyncio', got 'tokio'"
+    assert not (tmp_path / "d").exists()
