@@ -38,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
+from engine.io.kafka import stop_client
 from engine.prom import LATENCY_BOUNDS_S, Buckets
 
 from .sql import TransientDatabaseError
@@ -274,7 +275,7 @@ class StoreConsumer:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             try:
-                await consumer.stop()
+                await stop_client(consumer)
             finally:
                 store.close()
         self.stats.stopped_by = self._stop_reason or "stop requested"

@@ -31,13 +31,17 @@ Exactly once in, at least once out, nothing lost (DESIGN.md invariant 6):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["KafkaConfig", "PUBLISHED_FILE", "read_published", "read_published_ledger", "quiet_aiokafka_logs"]
+__all__ = ["KafkaConfig", "PUBLISHED_FILE", "read_published", "read_published_ledger", "quiet_aiokafka_logs",
+           "stop_client"]
+
+log = logging.getLogger("evengine.kafka")
 
 PUBLISHED_FILE = "kafka-published.json"
 
@@ -93,6 +97,28 @@ class _RateLimit(logging.Filter):
             return False
         self.last[key] = now
         return True
+
+
+async def stop_client(client: Any, timeout_s: Optional[float] = None) -> None:
+    """``await client.stop()`` (an aiokafka consumer or producer) for a caller
+    that stops anyway: an error, a timeout, or the ``CancelledError`` that
+    aiokafka 0.14's ``Fetcher.close()`` lets out of its own cancelled fetch
+    task (seen when that task sleeps its retry backoff, the broker gone) is
+    logged at debug and swallowed. A cancellation of the calling task itself
+    is re-raised.
+    """
+    try:
+        if timeout_s is None:
+            await client.stop()
+        else:
+            await asyncio.wait_for(client.stop(), timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("stopping %s: aiokafka let a cancelled inner task's CancelledError out", type(client).__name__)
+    except Exception as exc:  # noqa: BLE001 - stopping anyway
+        log.debug("stopping %s: %s", type(client).__name__, exc)
 
 
 def quiet_aiokafka_logs(every_s: float = 10.0) -> None:

@@ -25,7 +25,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from engine.core.types import Kind
 from engine.io.kafka import (PUBLISHED_FILE, KafkaConfig, quiet_aiokafka_logs, read_published,
-                             read_published_ledger)
+                             read_published_ledger, stop_client)
 from engine.io.messages import decode_record, encode_ledger, encode_trade
 from eventstore.fsio import atomic_write
 
@@ -189,17 +189,11 @@ class TopicPublisher:
         self._unsent = 0
         self.producer_restarts += 1
         if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), 5)
-            except Exception:  # noqa: BLE001 - it is being thrown away
-                pass
+            await stop_client(producer, 5)      # it is being thrown away
 
     async def stop_producer(self) -> None:
         if self.producer is not None:
-            try:
-                await asyncio.wait_for(self.producer.stop(), 10)
-            except Exception:  # noqa: BLE001
-                pass
+            await stop_client(self.producer, 10)
 
 
 class KafkaBridge:
@@ -477,10 +471,7 @@ class KafkaBridge:
                     break
                 except Exception as exc:  # noqa: BLE001 - retry until reachable or stopped
                     log.warning("cannot start the consumer on %s: %s; retrying", cfg.bootstrap, exc)
-                    try:
-                        await self.consumer.stop()
-                    except Exception:  # noqa: BLE001
-                        pass
+                    await stop_client(self.consumer)
                     self.consumer = None
                     await asyncio.sleep(1.0)
             if not rt.stopping.is_set():
@@ -512,9 +503,6 @@ class KafkaBridge:
                 log.error("cannot save %s at stop: %s", PUBLISHED_FILE, exc)
             if self.consumer is not None:
                 await self._commit_offsets(timeout_s=5.0)
-                try:
-                    await asyncio.wait_for(self.consumer.stop(), 10)
-                except Exception:  # noqa: BLE001 - stopping anyway
-                    pass
+                await stop_client(self.consumer, 10)
             await self.trades.stop_producer()
             await self.ledger.stop_producer()
