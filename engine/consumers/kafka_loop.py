@@ -223,6 +223,7 @@ class StoreConsumer:
         try:
             await consumer.start()
             tps = await self._assign(consumer, store)
+            last_record = time.monotonic()      # idle from now: waiting for the topics was not
             log.info("%s: reading %s (%d partitions) from the offsets in its database", cfg.name,
                      ", ".join(cfg.topics), len(tps))
             while not self._stop.is_set():
@@ -251,6 +252,11 @@ class StoreConsumer:
                         store.close()
                     store = self.store = await self._open()
                     self._seek(consumer, store, tps)
+                    # Idle time counts from here: the wait for the database is not
+                    # idleness, and the records after the seek are still to come (an
+                    # --idle-exit-s run stopped with them unapplied when the outage
+                    # outlasted it).
+                    last_record = time.monotonic()
                     continue
                 except StoreError as exc:
                     self.stats.error = f"{type(exc).__name__}: {exc}"

@@ -28,7 +28,9 @@ from tests.support.settlement import engine_balances, funded_run, store_balances
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_settle_waits_out_a_killed_database_and_loses_nothing(tmp_path, kafka_bootstrap, make_topics):
+@pytest.mark.parametrize("down_s, idle_exit_s", [(2.0, 6), (8.0, 3)], ids=["short", "longer-than-idle-exit"])
+def test_settle_waits_out_a_killed_database_and_loses_nothing(tmp_path, kafka_bootstrap, make_topics, down_s,
+                                                               idle_exit_s):
     url = pg.server_url()
     if not pg.can_control_server():
         pg.missing("the PostgreSQL server was not started by this test session", "no control of the server")
@@ -43,7 +45,7 @@ def test_settle_waits_out_a_killed_database_and_loses_nothing(tmp_path, kafka_bo
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "settle", "--kafka", kafka_bootstrap, "--db", db_url,
          "--ledger-topic", t["ledger"], "--trades-topic", t["trades"], "--max-records", "300",
-         "--idle-exit-s", "6", "--group", f"settle-{t['ledger']}"],
+         "--idle-exit-s", str(idle_exit_s), "--group", f"settle-{t['ledger']}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         # wait until it has settled part of the stream, then kill the database under it
@@ -60,7 +62,8 @@ def test_settle_waits_out_a_killed_database_and_loses_nothing(tmp_path, kafka_bo
             time.sleep(0.05)
         assert 0 < n < len(ledger), "settle made no progress, or finished before the kill"
         pg.kill_server()
-        time.sleep(2.0)                       # settle keeps polling Kafka and retrying the database
+        # settle keeps polling Kafka and retrying the database; waiting for it is not idleness
+        time.sleep(down_s)
         pg.restart_server()
         out, _ = proc.communicate(timeout=180)
     finally:
