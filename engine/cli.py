@@ -305,8 +305,7 @@ def _start_service(data_dir: str, *, kafka: Optional[str], orders_topic: str, tr
                    snapshot_retain: int, segment_size_mb: float, print_trades: bool, json_summary: bool,
                    pin_cpus: bool, shard: Optional[str] = None, wal_retain: Optional[str] = None,
                    metrics: Optional[str] = None) -> None:
-    """``evengine start --kafka/--http``: the engine as a service on an asyncio loop."""
-    import asyncio
+    """``evengine start --kafka/--http``: the engine as a service on an event loop (uvloop or asyncio)."""
     from engine.service import Engine, EngineConfig
     from engine.service.serve import parse_symbols, run_event_loop, serve
     from eventstore import EventStoreError

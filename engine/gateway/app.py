@@ -273,17 +273,15 @@ class BatchBody(_Strict):
 
 
 class StreamCancel(_Strict):
-    """``{"op": "cancel"}`` on ``WS /ws/orders``: ``DELETE /orders/{symbol}/{order_id}``."""
+    """``{"op": "cancel"}`` on ``WS /ws/orders``: ``DELETE /orders/{symbol}/{order_id}``
+    (the path's two parameters as fields)."""
 
     symbol: str = Field(min_length=1, max_length=32)
     order_id: int = Field(ge=1, le=MAX_ORDER_ID)
 
 
-class StreamAmend(AmendBody):
+class StreamAmend(AmendBody, StreamCancel):
     """``{"op": "amend"}`` on ``WS /ws/orders``: ``PATCH /orders/{symbol}/{order_id}``."""
-
-    symbol: str = Field(min_length=1, max_length=32)
-    order_id: int = Field(ge=1, le=MAX_ORDER_ID)
 
 
 def place_order_message(body: PlaceBody, ids: OrderIds) -> dict:
@@ -633,8 +631,8 @@ class ValidationErrorOut(BaseModel):
     detail: list[ValidationIssue]
 
 
-_DOC_MODELS = (PlaceBody, BatchBody, BatchItem, BatchAnswer, AmendBody, SymbolBody, AssetBody, TransferBody, Fill, Reject, OrderAnswer, SymbolAnswer,
-               AssetAnswer, TransferAnswer, BalanceOut, AccountOut, Queued, BookOut, TradeOut, TradesOut, HealthOut,
+_DOC_MODELS = (PlaceBody, BatchBody, BatchItem, BatchAnswer, AmendBody, SymbolBody, AssetBody, TransferBody, Fill,
+               Reject, OrderAnswer, SymbolAnswer, AssetAnswer, TransferAnswer, BalanceOut, AccountOut, Queued, BookOut, TradeOut, TradesOut, HealthOut,
                ErrorOut, ValidationIssue, ValidationErrorOut)
 
 # ------------------------------------------------------------ per-route answers (docs)
@@ -700,6 +698,11 @@ def _rejected(answer: str, codes: str, reasons: Optional[list] = None) -> dict:
                                      "properties": {"status": {"const": "rejected"}, "reject": reject}}]}
 
 
+_UNAUTHORIZED = _json(_ref("ErrorOut"), "missing or wrong bearer token (nothing reached the engine)",
+                      headers={"WWW-Authenticate": {"description": "Bearer",
+                                                    "schema": {"type": "string", "const": "Bearer"}}})
+
+
 def _entry_responses(route: tuple, embedded: bool, queued: bool, token: bool) -> tuple:
     """``(responses, x-schema-valid-422)`` of an order-entry route."""
     answer, kind, carries = _ENTRY_ROUTES[route]
@@ -714,9 +717,7 @@ def _entry_responses(route: tuple, embedded: bool, queued: bool, token: bool) ->
                                       _QUEUED_FIELDS[carries]]},
                            "Kafka: the broker acknowledged the record (the engine decides later)")
     if token:
-        out["401"] = _json(_ref("ErrorOut"), "missing or wrong bearer token (nothing reached the engine)",
-                           headers={"WWW-Authenticate": {"description": "Bearer",
-                                                         "schema": {"type": "string", "const": "Bearer"}}})
+        out["401"] = _UNAUTHORIZED
     if embedded:
         out["409"] = _json(_rejected(answer, "2xx+"),
                            "rejected by the matcher, the reject durable in the WAL: a conflict with the engine's "
@@ -749,9 +750,7 @@ def _batch_responses(embedded: bool, queued: bool, token: bool) -> dict:
                         "for it (status and body), given once every order of the batch is durable (embedded) "
                         "or acknowledged by the broker (Kafka)")}
     if token:
-        out["401"] = _json(_ref("ErrorOut"), "missing or wrong bearer token (nothing reached the engine)",
-                           headers={"WWW-Authenticate": {"description": "Bearer",
-                                                         "schema": {"type": "string", "const": "Bearer"}}})
+        out["401"] = _UNAUTHORIZED
     out["422"] = _json(_ref("ValidationErrorOut"), _VALIDATION_422 + ". One order that does not validate fails "
                                                                       "the whole batch")
     return out

@@ -109,15 +109,13 @@ class OrderStream:
         try:
             msg = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            self._queue.put_nowait((True, [None], [EntryAnswer(422, {"detail": f"not JSON: {exc}"})], None, 0))
+            self._refuse(f"not JSON: {exc}")
             return
         single = isinstance(msg, dict)
         items = [msg] if single else msg
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_ORDERS_PER_MESSAGE \
                 or not all(isinstance(i, dict) for i in items):
-            self._queue.put_nowait((True, [None], [EntryAnswer(422, {
-                "detail": f"a message is an order object or an array of 1..{MAX_ORDERS_PER_MESSAGE} of them"})],
-                None, 0))
+            self._refuse(f"a message is an order object or an array of 1..{MAX_ORDERS_PER_MESSAGE} of them")
             return
         refs = []
         answers: list = []
@@ -133,6 +131,10 @@ class OrderStream:
         self.in_flight += len(items)
         self.orders += len(items)
         self._queue.put_nowait((single, refs, answers, pending, len(items)))
+
+    def _refuse(self, detail: str) -> None:
+        """Answer a message that holds no orders: 422, ``ref`` null, in its turn."""
+        self._queue.put_nowait((True, [None], [EntryAnswer(422, {"detail": detail})], None, 0))
 
     async def _send_loop(self) -> None:
         dumps = orjson.dumps
