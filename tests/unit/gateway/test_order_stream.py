@@ -104,7 +104,8 @@ def test_stream_answers_match_the_http_routes_cancel_amend_and_rejects(tmp_path)
 def test_a_bad_message_is_answered_and_the_stream_goes_on(tmp_path):
     async def main():
         async with stream(tmp_path) as (gw, ws):
-            for bad in ("{not json", "[]", "[1, 2]", "42", json.dumps([place(i, "buy", 1) for i in range(1001)])):
+            for bad in ("{not json", "[]", "[1, 2]", "42", json.dumps([place(i, "buy", 1) for i in range(1001)]),
+                        b"\xff\xfe{", "[" * 2000 + "]" * 2000, '{"op": "place", "qty": NaN}'):
                 await ws.send(bad)
                 a = await recv(ws)
                 assert a["ref"] is None and a["status"] == 422, a
