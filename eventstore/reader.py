@@ -151,6 +151,21 @@ class WalReader:
             PrunedRangeError: ``from_seq`` lies in a range a prune removed.
             CorruptRecordError, WalSequenceError: corruption in a frame read.
         """
+        for seq, values in self.read_frames(from_seq, to_seq):
+            for value in values:
+                yield seq, value
+                seq += 1
+
+    def read_frames(self, from_seq: int = 1, to_seq: Optional[int] = None) -> Iterator[tuple[int, tuple]]:
+        """:meth:`read` a frame at a time: yield ``(first seq, payloads)``, the
+        payloads of consecutive seqs, cut to ``from_seq..to_seq`` (inclusive;
+        ``None``: to the end). The unit of a bulk replay: no generator step
+        per event.
+
+        Raises:
+            PrunedRangeError: ``from_seq`` lies in a range a prune removed.
+            CorruptRecordError, WalSequenceError: corruption in a frame read.
+        """
         record = self.retention()
         check_not_pruned(self.wal_dir, record, from_seq)
         segs = self.segments(record)
@@ -169,13 +184,16 @@ class WalReader:
                 check_not_pruned(self.wal_dir, self.retention(), info.first_seq)
                 raise
             for frame in scan_frames(data, info.path, is_last=j == len(segs) - 1):
-                last = frame.first_seq + frame.count - 1
+                first = frame.first_seq
+                last = first + frame.count - 1
                 if last < from_seq:
                     continue
-                if to_seq is not None and frame.first_seq > to_seq:
+                if to_seq is not None and first > to_seq:
                     return
-                seq = frame.first_seq
-                for value in decode_frame(frame, info.path):
-                    if seq >= from_seq and (to_seq is None or seq <= to_seq):
-                        yield seq, value
-                    seq += 1
+                values = decode_frame(frame, info.path)
+                if first < from_seq or (to_seq is not None and last > to_seq):
+                    lo = max(first, from_seq)
+                    hi = last if to_seq is None else min(last, to_seq)
+                    values = values[lo - first:hi - first + 1]
+                    first = lo
+                yield first, values

@@ -125,6 +125,6 @@ def recover(data_dir: str, *, repair: bool = True, trade_history: int = 10_000) 
             raise PrunedWalGapError(matcher.last_seq, first, rec.pruned_at, rec.path, rec.base_snapshot_seq,
                                     skipped)
         raise WalGapError(matcher.last_seq, first)
-    replayer = Replayer(matcher).feed_all(reader.read(matcher.last_seq + 1))
+    replayer = Replayer(matcher).feed_frames(reader.read_frames(matcher.last_seq + 1))
     return Recovery(matcher, scan, info, replayer.events, replayer.checked, scan.torn_tail,
                     list(replayer.pending), skipped, marks)
