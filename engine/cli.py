@@ -288,6 +288,11 @@ def _http_bind(http: str, token: Optional[str]) -> tuple[str, int]:
     """``--http HOST:PORT`` -> ``(host, port)``; exit 2 when malformed, or not
     loopback without a token (``engine.gateway.check_bind``)."""
     from engine.gateway import check_bind
+    from engine.gateway.fast_orders import fast_orders_enabled
+    try:
+        fast_orders_enabled()
+    except ValueError as exc:
+        _fail(str(exc), 2)
     host, _, port = http.rpartition(":")
     if not host or not port.isdigit():
         _fail(f"--http wants HOST:PORT, got {http!r}", 2)

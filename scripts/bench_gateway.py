@@ -9,7 +9,9 @@ Prints, each on its own line:
 1. baseline: ``GET /health`` with wrk (the HTTP server and framework alone,
    no engine work, no fsync): requests/s, p50/p99.
 2. ``POST /orders`` with wrk, ``--connections`` connections: orders/s, p50/p99
-   (every answer after the order's fsync), and non-2xx answers; then
+   (every answer after the order's fsync), and non-2xx answers; the same
+   against an engine with the fast path off (``EVENGINE_HTTP_FAST_ORDERS=0``:
+   every request through FastAPI's route, engine/gateway/fast_orders.py); then
    ``POST /orders/batch`` of ``--ws-batch`` orders a request, 4 connections.
 3. ``WS /ws/orders``, one connection, pipelined: messages of ``--ws-batch``
    orders, at most ``--ws-window`` orders in flight: orders/s, per-message
@@ -74,10 +76,11 @@ end
 """
 
 
-def start_engine(data_dir: Path) -> tuple[subprocess.Popen, int]:
+def start_engine(data_dir: Path, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "start", "--http", "127.0.0.1:0",
                              "--data-dir", str(data_dir), "--add-symbol", "AAA", "--snapshot-every", "0",
-                             "--no-verbose"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "--no-verbose"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, **(env or {})))
     line = proc.stdout.readline()
     if not line:
         raise SystemExit("the engine did not start")
@@ -201,6 +204,14 @@ def main() -> None:
                 print(f"2. POST /orders, {a.connections} connections: {r['per_s']:,.0f} orders/s "
                       f"({r['per_s'] / result['health']['per_s']:.2f}x the baseline), p50 {r['p50_ms']:.2f} ms, "
                       f"p99 {r['p99_ms']:.2f} ms, non-2xx {r['non_2xx']} (goal 10,000/s)")
+                slow, slow_port = start_engine(Path(tmp) / "d-fastapi", {"EVENGINE_HTTP_FAST_ORDERS": "0"})
+                try:
+                    r = result["http_orders_fastapi"] = wrk(slow_port, "/", a.connections, a.seconds, _WRK_ORDERS)
+                finally:
+                    stop_engine(slow)
+                print(f"2a. the same through FastAPI's route (EVENGINE_HTTP_FAST_ORDERS=0, the baseline of 2): "
+                      f"{r['per_s']:,.0f} orders/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; the fast path "
+                      f"{result['http_orders']['per_s'] / r['per_s']:.2f}x that")
                 r = result["http_batch"] = wrk(port, "/", 4, a.seconds, _WRK_BATCH, {"BATCH": str(a.ws_batch)})
                 r["orders_per_s"] = r["per_s"] * a.ws_batch
                 print(f"2b. POST /orders/batch, {a.ws_batch} orders a request, 4 connections: "

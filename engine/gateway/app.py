@@ -69,6 +69,7 @@ from starlette.routing import Match
 from engine.core.types import MAX_AMOUNT, MAX_FEE_PPM, MAX_ORDER_ID, MAX_PRICE, MAX_QTY, RejectReason
 
 from .entry import EmbeddedEntry, EntryUnavailable, KafkaEntry, OrderEntry, OrderIds
+from .fast_orders import FastOrderPath, fast_orders_enabled
 from .market_data import MarketDataHub, trade_dict
 from .order_stream import BadMessage, OrderStream
 
@@ -842,7 +843,7 @@ def _finite(obj: Any) -> Any:
 
 def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = None,
                market_data_queue: int = 10_000, read_timeout_s: float = 5.0, metrics: Any = None,
-               stream_in_flight: int = 10_000) -> FastAPI:
+               stream_in_flight: int = 10_000, fast_orders: Optional[bool] = None) -> FastAPI:
     """The gateway app.
 
     Args:
@@ -865,8 +866,20 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
             by route and status into (a middleware; no route is added).
         stream_in_flight: orders one ``WS /ws/orders`` client may have
             waiting for their answers before the gateway stops reading it.
+        fast_orders: answer well-formed ``POST /orders`` requests without
+            FastAPI's routing and dependency injection
+            (``engine/gateway/fast_orders.py``: the same answers, measured
+            in ``scripts/bench_gateway.py``); ``False``: every request
+            through FastAPI; ``None``: as ``EVENGINE_HTTP_FAST_ORDERS`` says
+            (on unless it is ``0``).
+
+    Raises:
+        ValueError: ``fast_orders`` is None and ``EVENGINE_HTTP_FAST_ORDERS``
+            is neither ``0`` nor ``1``.
     """
     token = token or None
+    if fast_orders is None:
+        fast_orders = fast_orders_enabled()
     hub = MarketDataHub(view, max_queue=market_data_queue) if view is not None else None
     ids = OrderIds()
     parse_stream = stream_order_parser(ids)
@@ -898,6 +911,14 @@ def create_app(entry: OrderEntry, view: Any = None, *, token: Optional[str] = No
     app.state.market_data = hub
     app.state.token = token
     app.state.order_ids = ids
+    if fast_orders:
+        async def answer_place(body: PlaceBody) -> JSONResponse:
+            try:
+                return await submit(place_order_message(body, ids))
+            except HTTPException as exc:    # what the exception handler below makes of it
+                return _AsciiJSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+        app.add_middleware(FastOrderPath, model=PlaceBody, answer=answer_place, token=token, router=app.router)
     if metrics is not None:
         from .metrics import HttpMetricsMiddleware
         app.add_middleware(HttpMetricsMiddleware, metrics=metrics, router=app.router)
