@@ -197,6 +197,9 @@ def fork_child() -> int:
     with 100,000 and 1,000,000 resting orders; one JSON line."""
     gc.disable()
     out: dict = {"pause_ms_0": round(fork_pause(), 2), "rss_mb_0": round(rss_mb())}
+    commands = list(SyntheticSource(200_000, 7, symbol="SYN").commands(Matcher(), None))
+    out["matching_per_s"] = round(len(commands) / min(matching_only(commands)[0] for _ in range(3)))
+    del commands
     for n in (100_000, 1_000_000):
         m = book_with(n)
         out[f"pause_ms_{n}"] = round(fork_pause(), 2)
@@ -697,6 +700,8 @@ def main() -> int:
         f = json.loads(out.stdout.strip().splitlines()[-1])
         if label:
             print(f"   {label}:")
+        print(f"   matching in that process (200,000 commands, best of 3): {f['matching_per_s']:,} commands/s")
+        results[f"fork_child_matching_per_s{'_thp' if label else ''}"] = f["matching_per_s"]
         print(f"   baseline (no book, RSS {f['rss_mb_0']:.0f} MB)          {f['pause_ms_0']:6.2f} ms")
         for n in (100_000, 1_000_000):
             print(f"   {n:>9,} resting orders (RSS {f[f'rss_mb_{n}']:.0f} MB)  {f[f'pause_ms_{n}']:6.2f} ms")
