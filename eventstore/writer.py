@@ -269,6 +269,30 @@ class WalWriter:
             self._flush_or_queue()
         return self._next_seq - 1
 
+    def extend_at(self, first_seq: int, payloads: list, t_first_ns: int) -> None:
+        """A batch of events of consecutive seqs from ``first_seq``, appended
+        whole: how the engine hands over what it logged since its last
+        flush (one call a batch, not one an event). The writer takes the list
+        itself: the caller starts a new one. ``t_first_ns``
+        (``time.perf_counter_ns``) is when the batch's first event was
+        logged: commit latency counts from it.
+
+        Raises:
+            WalSequenceError: ``first_seq != next_seq``; nothing appended.
+        """
+        if first_seq != self._next_seq:
+            raise WalSequenceError(self._segment_path(self._seg_first), self._seg_size, self._next_seq, first_seq)
+        if not self._count:
+            self._t_first = t_first_ns
+            self._batch = payloads
+        else:
+            self._batch += payloads
+        n = len(payloads)
+        self._count += n
+        self._next_seq += n
+        if self._count >= self.max_frame_events:
+            self._flush_or_queue()
+
     def append_at(self, seq: int, payload: Any) -> None:
         """:meth:`append`, checking that ``seq`` is the next sequence number.
 

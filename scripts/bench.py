@@ -375,7 +375,7 @@ def engine_plain(make_source, data_dir: Path, batching: Optional[str] = None) ->
 
 def engine_split(make_source, data_dir: Path, batching: Optional[str] = None) -> dict:
     """``Engine.run`` in this process with each part timed around its calls:
-    the source's ``next``, ``Matcher.apply``, WAL append (list appends),
+    the source's ``next``, ``Matcher.apply``, WAL append (the batch handed over),
     WAL flush (msgpack encode, CRC, event buffer) with ``os.writev`` apart,
     the output gate, snapshot/control housekeeping, and the final wait for
     the last fsync. ``loop`` is what is left: the run loop itself and the
@@ -384,10 +384,10 @@ def engine_split(make_source, data_dir: Path, batching: Optional[str] = None) ->
     engine = Engine(EngineConfig(data_dir=str(data_dir)))
     engine.open()
     m, wal, gate = engine.matcher, engine.wal, engine.gate
-    parts = {"apply": _Timed(m.apply), "append": _Timed(wal.append), "extend": _Timed(wal.extend),
+    parts = {"apply": _Timed(m.apply), "append": _Timed(wal.append), "extend": _Timed(wal.extend_at),
              "flush": _Timed(wal.flush), "wait": _Timed(wal.wait_durable), "hold": _Timed(gate.hold),
              "release": _Timed(gate.release), "housekeeping": _Timed(engine._housekeeping)}
-    m.apply, wal.append, wal.extend, wal.flush = parts["apply"], parts["append"], parts["extend"], parts["flush"]
+    m.apply, wal.append, wal.extend_at, wal.flush = parts["apply"], parts["append"], parts["extend"], parts["flush"]
     wal.wait_durable, gate.hold, gate.release = parts["wait"], parts["hold"], parts["release"]
     engine._housekeeping = parts["housekeeping"]
     src = _TimedSource(make_source())

@@ -211,6 +211,10 @@ class Engine:
         self.summary = RunSummary()
         self.counters = EngineCounters()     # what engine.service.metrics exports
         self._kind_counts = self.counters.commands
+        self._frame: list = []         # the open batch: events not yet given to the WAL writer
+        self._frame_first = 0          # its first seq
+        self._frame_t0 = 0             # perf_counter_ns of its first submit (commit latency counts from it)
+        self._frame_max = 65_536       # events; the WAL writer's max_frame_events once open
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> Recovery:
@@ -252,6 +256,7 @@ class Engine:
         self._cpus = os.sched_getaffinity(0)
         if cfg.pin_cpus and self.wal.syncer_cpu is not None and len(self._cpus) > 1:
             os.sched_setaffinity(0, self._cpus - {self.wal.syncer_cpu})
+        self._frame_max = self.wal.max_frame_events
         for event in rec.pending:
             self.wal.append(event)
         self.wal.flush()
@@ -308,6 +313,7 @@ class Engine:
         try:
             if self.wal is not None:
                 try:
+                    self._hand_over()
                     self.wal.flush()
                 except WalWriteError:
                     pass   # what cannot be written was never acknowledged (WalWriter.close says how much)
@@ -367,13 +373,23 @@ class Engine:
     def submit(self, cmd: Command) -> list:
         """Sequence, match and log one command; return its events at once.
         The events are *not* durable yet: outputs go through the sinks.
-        Call :meth:`end_batch` after a batch of submits."""
-        wal = self.wal
-        seq = wal.next_seq
+        Call :meth:`end_batch` after a batch of submits.
+
+        The command and the trades or reject it caused join the open batch
+        (a list of this engine's); :meth:`end_batch` hands the batch to the
+        WAL writer as one frame, which checks that it starts at the WAL's
+        next sequence number. Measured: one list append instead of a WAL
+        call per command, 13% of the durable path (``scripts/bench.py``)."""
         matcher = self.matcher
+        seq = matcher.last_seq + 1
+        frame = self._frame
+        if not frame:
+            self._frame_first = seq
+            self._frame_t0 = time.perf_counter_ns()
         out = matcher.apply(seq, cmd)
-        if matcher.last_seq == seq:
-            wal.append(cmd)
+        last = matcher.last_seq
+        if last == seq:
+            frame.append(cmd)
             self._kind_counts[cmd[0]] += 1   # accepted: a command kind, 1..63
         else:  # it caused trades or a reject: they take the next seqs, in order
             logged = [event for event in out if event[0] in LOGGED_KINDS]
@@ -382,13 +398,42 @@ class Engine:
                 self.counters.count_reject(cmd, logged[0])
                 if not _encodable(cmd):
                     cmd, out, logged = self._as_bad_input(seq, cmd)
+                    last = matcher.last_seq
             else:
                 self._kind_counts[cmd[0]] += 1
-            logged.insert(0, cmd)
-            wal.extend(logged)
-        if self.gate.sinks:
-            self.gate.hold(matcher.last_seq, seq, cmd, out)
+            frame.append(cmd)
+            frame += logged
+        if len(frame) >= self._frame_max:
+            self._hand_over()
+        gate = self.gate
+        if gate.sinks:
+            gate.hold(last, seq, cmd, out)
         return out
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next command takes (``matcher.last_seq + 1``;
+        the WAL writer's ``next_seq`` lags behind it by the open batch until
+        :meth:`end_batch`)."""
+        return self.matcher.last_seq + 1
+
+    def _hand_over(self) -> None:
+        """Give the open batch to the WAL writer (it becomes part of its next
+        frame); a new batch starts with the next submit.
+
+        Raises:
+            WalSequenceError: the batch does not start at the WAL's next seq.
+            RuntimeError: the batch does not end at ``matcher.last_seq`` (an
+                engine bug: the WAL would not line up with the state).
+        """
+        frame = self._frame
+        if not frame:
+            return
+        if self._frame_first + len(frame) - 1 != self.matcher.last_seq:
+            raise RuntimeError(f"engine bug: a batch of {len(frame)} events from seq {self._frame_first} does "
+                               f"not end at the matcher's last seq {self.matcher.last_seq}")
+        self._frame = []
+        self.wal.extend_at(self._frame_first, frame, self._frame_t0)
 
     def _as_bad_input(self, seq: int, cmd: Any) -> tuple:
         """A rejected command msgpack cannot encode (an integer beyond 64 bits,
@@ -427,6 +472,7 @@ class Engine:
             WriterDiedError: the WAL syncer failed: stop.
         """
         try:
+            self._hand_over()
             self.wal.flush()
         finally:
             self.gate.release(self.wal.durable_seq)
@@ -460,7 +506,7 @@ class Engine:
         """
         m = self.matcher
         s = self.summary
-        start_seq = self.wal.next_seq
+        start_seq = self.next_seq
         start_match = m.match_sequence
         it = source.commands(m, m.positions.get(source.name))
         t0 = time.perf_counter()
@@ -575,6 +621,7 @@ class Engine:
         Raises:
             RuntimeError: a snapshot is already being written.
         """
+        self._hand_over()
         self.wal.flush()
         seq = self.matcher.last_seq
         wal = self.wal

@@ -136,7 +136,7 @@ class EngineCollector:
     def _baseline(self) -> tuple[int, int]:
         e = self.engine
         if self._start is None and e.wal is not None and e.matcher is not None:
-            self._start = (e.wal.next_seq, e.matcher.match_sequence)
+            self._start = (e.next_seq, e.matcher.match_sequence)
         return self._start or (1, 0)
 
     def collect(self) -> Iterator[Any]:

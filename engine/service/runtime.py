@@ -170,7 +170,7 @@ class EngineRuntime:
     # --------------------------------------------------------------- commands
     @property
     def next_seq(self) -> int:
-        return self.engine.wal.next_seq
+        return self.engine.next_seq
 
     @property
     def degraded(self) -> Optional[str]:
@@ -223,7 +223,7 @@ class EngineRuntime:
             self._resolving = True
             self.engine.add_sink(self._resolve)
         fut = self._loop.create_future()
-        seq = self.engine.wal.next_seq
+        seq = self.engine.next_seq
         self._waiters[seq] = fut
         try:
             self.submit(cmd)

@@ -99,7 +99,7 @@ async def serve(engine: Engine, *, kafka: Optional[Any] = None, http: Optional[t
         Statistics of the Kafka bridge (empty without Kafka).
     """
     rt = EngineRuntime(engine)
-    start_seq, start_match = engine.wal.next_seq, engine.matcher.match_sequence
+    start_seq, start_match = engine.next_seq, engine.matcher.match_sequence
     t0 = time.perf_counter()
     await rt.start()
     rt.install_signal_handlers()

@@ -199,7 +199,9 @@ def test_engine_reads_only_durable_events_from_buffer_or_disk(tmp_path):
         for cmd in SyntheticSource(300, 3).commands(engine.matcher, None):
             engine.submit(cmd)
         assert engine.read_events(1) == [] or engine.read_events(1)[-1][0] <= engine.wal.durable_seq
+        engine.end_batch()
         engine.wal.wait_durable(engine.wal.next_seq - 1, timeout=10)
+        assert engine.wal.next_seq == engine.next_seq
         last = engine.wal.durable_seq
         recent = engine.read_events(last - 10)          # from the buffer
         old = engine.read_events(1, 20)                  # left the buffer: from disk
