@@ -72,6 +72,24 @@ def test_append_at_wrong_seq_raises(tmp_path):
         w.close()
 
 
+def test_extend_at_takes_a_batch_whole_and_refuses_one_out_of_line(tmp_path):
+    w = WalWriter(str(tmp_path), 1)
+    try:
+        w.append((0, "first"))
+        w.extend_at(2, [(1, i) for i in range(10)], 0)        # joins the open frame
+        with pytest.raises(WalSequenceError):
+            w.extend_at(13, [(2, 0)], 0)                        # seq 12 is next: refused, nothing taken
+        assert w.next_seq == 12
+        w.flush()
+        w.extend_at(12, [(3, i) for i in range(5)], 0)         # starts a frame of its own
+        w.wait_durable(16)
+    finally:
+        w.close()
+    assert [p for _, p in WalReader(str(tmp_path)).read()] == (
+        [(0, "first")] + [(1, i) for i in range(10)] + [(3, i) for i in range(5)])
+    assert [s for s, _ in WalReader(str(tmp_path)).read()] == list(range(1, 17))
+
+
 def test_event_buffer_serves_only_durable_events():
     b = EventBuffer(3, next_seq=1)
     for i in range(5):
