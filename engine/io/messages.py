@@ -30,6 +30,8 @@ from engine.core.types import LedgerReason
 
 from .shard import DEFAULT_SHARD, is_shard_id
 
+_new = tuple.__new__   # a NamedTuple without the frame of its Python-level __new__ (the fetch loop's hot path)
+
 __all__ = ["decode_order", "decode_record", "command_from_order", "encode_order", "encode_trade", "decode_trade",
            "trade_message", "order_from_command", "ledger_message", "encode_ledger", "decode_ledger",
            "SIDES", "ORDER_TYPES", "TIFS", "MAX_RAW_BYTES", "LEDGER_REASONS"]
@@ -175,12 +177,12 @@ def _command(obj: dict, raw: Any, source: Optional[str], offset: Optional[int], 
         if type(side) is str:
             side = SIDES.get(side, side)
         price = get("price", 0 if order_type == 2 else None)
-        return PlaceOrder(2, ts, symbol, obj["order_id"], side, order_type, tif, price, obj["qty"],
-                          get("post_only", False), get("account", 0), get("max_quote", 0), source, offset)
+        return _new(PlaceOrder, (2, ts, symbol, obj["order_id"], side, order_type, tif, price, obj["qty"],
+                                 get("post_only", False), get("account", 0), get("max_quote", 0), source, offset))
     if kind == "cancel":
-        return CancelOrder(3, ts, symbol, obj["order_id"], source, offset)
+        return _new(CancelOrder, (3, ts, symbol, obj["order_id"], source, offset))
     if kind == "amend":
-        return AmendOrder(4, ts, symbol, obj["order_id"], obj["price"], obj["qty"], source, offset)
+        return _new(AmendOrder, (4, ts, symbol, obj["order_id"], obj["price"], obj["qty"], source, offset))
     get = obj.get
     return AddSymbol.new(symbol, get("tick_size", 1), ts, source, offset, base=get("base"), quote=get("quote"),
                          quote_per_tick=get("quote_per_tick", 1), base_per_lot=get("base_per_lot", 1),
