@@ -40,29 +40,31 @@ ids; a repeat answers with the first outcome).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional
+from typing import Any, Final, Optional
 
 import msgpack
 
+from ._mypyc import mypyc_attr
 from .events import BalanceChanged, OrderRejected, TransferDone
 from .types import MAX_AMOUNT, Kind, LedgerReason, RejectReason
 
 __all__ = ["SymbolSpec", "Accounts"]
 
-_BALANCE = Kind.BALANCE_CHANGED.value
-_REJECTED = Kind.REJECTED.value
-_DEPOSIT = Kind.DEPOSIT.value
-_WITHDRAW = Kind.WITHDRAW.value
-_FILL = LedgerReason.FILL.value
-_FEE = LedgerReason.FEE.value
-_HOLD = LedgerReason.HOLD.value
-_RELEASE = LedgerReason.RELEASE.value
-_PPM = 1_000_000
-_INT64_MAX = 2**63 - 1
-_new = tuple.__new__
+_BALANCE: Final = Kind.BALANCE_CHANGED.value
+_REJECTED: Final = Kind.REJECTED.value
+_DEPOSIT: Final = Kind.DEPOSIT.value
+_WITHDRAW: Final = Kind.WITHDRAW.value
+_FILL: Final = LedgerReason.FILL.value
+_FEE: Final = LedgerReason.FEE.value
+_HOLD: Final = LedgerReason.HOLD.value
+_RELEASE: Final = LedgerReason.RELEASE.value
+_PPM: Final = 1_000_000
+_INT64_MAX: Final = 2**63 - 1
+_new: Final = tuple.__new__
 R = RejectReason
 
 
+@mypyc_attr(serializable=True, allow_interpreted_subclasses=True)   # copy and pickle when compiled
 class SymbolSpec:
     """What one price unit and one lot of a book are worth (see
     :class:`~engine.core.commands.AddSymbol` for the fields and units)."""
@@ -204,7 +206,9 @@ class Accounts:
         """
         q, b_lot = spec.quote_per_tick, spec.base_per_lot
         mrate, trate = spec.maker_fee_ppm, spec.taker_fee_ppm
-        base, quote = spec.base, spec.quote
+        base: str   # a book with risk on has both assets
+        quote: str
+        base, quote = spec.base, spec.quote  # type: ignore[assignment]
         balance = self.balance
         append = out.append
         end = len(out)

@@ -268,5 +268,5 @@ def upgrade_command(record: Any) -> Any:
         return AddSymbol(record[0], record[1], record[2], record[3], None, None, 1, 1, 0, 0, False, 0,
                          record[4], record[5])
     if kind == 2 and n == 13:
-        return PlaceOrder(*record[:11], 0, record[11], record[12])
+        return PlaceOrder(*record[:11], 0, record[11], record[12])  # type: ignore[call-arg]
     return record

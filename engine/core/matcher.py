@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Final, Optional
 
 import msgpack
 
 from .accounts import Accounts, SymbolSpec
-from .commands import COMMAND_CLASSES, LEGACY_FIELD_COUNTS, Command, upgrade_command
+from .commands import COMMAND_CLASSES, LEGACY_FIELD_COUNTS, upgrade_command
 from .errors import BookIntegrityError, SequenceGapError
 from .events import (AssetAdded, OrderAmended, OrderCancelled, OrderRejected, OrderRested, SymbolAdded,
                      Trade)
@@ -26,31 +26,34 @@ from .types import (MAX_AMOUNT, MAX_FEE_PPM, MAX_ORDER_ID, MAX_PRICE, MAX_QTY, C
 
 __all__ = ["Matcher"]
 
-_PLACE = Kind.PLACE.value
-_CANCEL = Kind.CANCEL.value
-_AMEND = Kind.AMEND.value
-_ADD_SYMBOL = Kind.ADD_SYMBOL.value
-_BAD_INPUT = Kind.BAD_INPUT.value
-_ADD_ASSET = Kind.ADD_ASSET.value
-_DEPOSIT = Kind.DEPOSIT.value
-_WITHDRAW = Kind.WITHDRAW.value
-_REJECTED = Kind.REJECTED.value
-_RESTED = Kind.RESTED.value
-_CANCELLED = Kind.CANCELLED.value
-_AMENDED = Kind.AMENDED.value
-_TRADE = Kind.TRADE.value
-_LIMIT, _MARKET = 1, 2
-_GTC, _IOC, _FOK = 1, 2, 3
-_IOC_REMAINDER = CancelReason.IOC_REMAINDER.value
-_NO_LIQUIDITY = CancelReason.NO_LIQUIDITY.value
-_FOK_UNFILLED = CancelReason.FOK_UNFILLED.value
-_USER = CancelReason.USER.value
-_BUDGET_EXHAUSTED = CancelReason.BUDGET_EXHAUSTED.value
-_PLAIN = SymbolSpec(None, None, 1, 1, 0, 0, False, 0)   # what a book with no spec is worth
+_PLACE: Final = Kind.PLACE.value
+_CANCEL: Final = Kind.CANCEL.value
+_AMEND: Final = Kind.AMEND.value
+_ADD_SYMBOL: Final = Kind.ADD_SYMBOL.value
+_BAD_INPUT: Final = Kind.BAD_INPUT.value
+_ADD_ASSET: Final = Kind.ADD_ASSET.value
+_DEPOSIT: Final = Kind.DEPOSIT.value
+_WITHDRAW: Final = Kind.WITHDRAW.value
+_REJECTED: Final = Kind.REJECTED.value
+_RESTED: Final = Kind.RESTED.value
+_CANCELLED: Final = Kind.CANCELLED.value
+_AMENDED: Final = Kind.AMENDED.value
+_TRADE: Final = Kind.TRADE.value
+_LIMIT: Final = 1
+_MARKET: Final = 2
+_GTC: Final = 1
+_IOC: Final = 2
+_FOK: Final = 3
+_IOC_REMAINDER: Final = CancelReason.IOC_REMAINDER.value
+_NO_LIQUIDITY: Final = CancelReason.NO_LIQUIDITY.value
+_FOK_UNFILLED: Final = CancelReason.FOK_UNFILLED.value
+_USER: Final = CancelReason.USER.value
+_BUDGET_EXHAUSTED: Final = CancelReason.BUDGET_EXHAUSTED.value
+_PLAIN: Final = SymbolSpec(None, None, 1, 1, 0, 0, False, 0)   # what a book with no spec is worth
 R = RejectReason
-_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ frame
-_INT64_MAX = 2**63 - 1
-_FIELD_COUNTS = {kind: len(cls._fields) for kind, cls in COMMAND_CLASSES.items()}
+_new: Final = tuple.__new__  # builds a NamedTuple without its Python-level __new__ frame
+_INT64_MAX: Final = 2**63 - 1
+_FIELD_COUNTS: Final = {kind: len(cls._fields) for kind, cls in COMMAND_CLASSES.items()}  # type: ignore[attr-defined]
 
 
 def _is_int(value: Any) -> bool:
@@ -84,12 +87,13 @@ class Matcher:
         self.trades: deque[Trade] = deque(maxlen=trade_history)
 
     # ------------------------------------------------------------------ apply
-    def apply(self, seq: int, cmd: Command) -> list:
+    def apply(self, seq: int, cmd: Any) -> list:
         """Apply one sequenced command; return the events it caused.
 
         Args:
             seq: the command's WAL sequence number; must be ``last_seq + 1``.
-            cmd: any command of :mod:`engine.core.commands`. Fields are
+            cmd: any command of :mod:`engine.core.commands` (typed ``Any``:
+                any record, a malformed one too, is answered). Fields are
                 validated here: prices in price units, qty in lots.
 
         Returns:
@@ -264,7 +268,7 @@ class Matcher:
             leaves = qty
         if leaves:
             if tif == _GTC:
-                book.rest(RestingOrder(order_id, side, limit, leaves, account))
+                book.rest(RestingOrder(order_id, side, limit, leaves, account))  # type: ignore[arg-type]  # GTC: a limit
                 out.append(_new(OrderRested, (_RESTED, order_id, side, limit, leaves)))
             else:
                 out.append(_new(OrderCancelled, (_CANCELLED, order_id, leaves,
@@ -317,7 +321,7 @@ class Matcher:
             leaves = qty
         if leaves:
             if tif == _GTC:
-                book.rest(RestingOrder(order_id, side, limit, leaves, account))
+                book.rest(RestingOrder(order_id, side, limit, leaves, account))  # type: ignore[arg-type]  # GTC: a limit
                 out.append(_new(OrderRested, (_RESTED, order_id, side, limit, leaves)))
             else:
                 acc.release(out, seq, account, asset, leaves * unit, order_id)

@@ -9,10 +9,11 @@ cancel and amend. Nothing here does I/O or reads a clock.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterator, Optional
+from typing import Any, Final, Iterator, Optional
 
 from sortedcontainers import SortedList
 
+from ._mypyc import mypyc_attr
 from .errors import BookIntegrityError
 from .events import Trade
 from .price_level import PriceLevel, RestingOrder
@@ -20,12 +21,13 @@ from .types import BUY, Kind
 
 __all__ = ["OrderBook"]
 
-_TRADE = Kind.TRADE.value
+_TRADE: Final = Kind.TRADE.value
 # NamedTuple instances built without their Python-level __new__ (a frame per
 # trade saved); the field order is the class's.
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
+@mypyc_attr(serializable=True, allow_interpreted_subclasses=True)   # copy and pickle when compiled
 class OrderBook:
     """Bids and asks of one symbol, in price-time priority.
 
@@ -82,7 +84,7 @@ class OrderBook:
 
     def depth(self, side: int, max_levels: Optional[int] = None) -> list[list[int]]:
         """``[[price, qty], ...]`` of ``side``, best first, at most ``max_levels``."""
-        out = []
+        out: list[list[int]] = []
         for level in self.levels(side):
             if max_levels is not None and len(out) >= max_levels:
                 break

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Iterator
 
+from ._mypyc import mypyc_attr
+
 __all__ = ["RestingOrder", "PriceLevel"]
 
 
+@mypyc_attr(serializable=True, allow_interpreted_subclasses=True)   # copy and pickle when compiled
 class RestingOrder:
     """An order on the book. ``qty`` is its leaves quantity in lots; 0 marks an
     order that has left the book but still sits in its level's queue (lazy
@@ -27,6 +30,7 @@ class RestingOrder:
         return f"RestingOrder(id={self.order_id}, side={self.side}, price={self.price}, qty={self.qty})"
 
 
+@mypyc_attr(serializable=True, allow_interpreted_subclasses=True)   # copy and pickle when compiled
 class PriceLevel:
     """Resting orders at one ``price``, oldest first.
 

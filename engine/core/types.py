@@ -14,6 +14,7 @@ Units used throughout ``engine.core``:
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 __all__ = [
     "Side", "OrderType", "TimeInForce", "Kind", "RejectReason", "CancelReason", "LedgerReason",
@@ -26,8 +27,8 @@ class Side(IntEnum):
     SELL = 2
 
 
-BUY = 1
-SELL = 2
+BUY: Final = 1
+SELL: Final = 2
 
 
 class OrderType(IntEnum):
@@ -139,11 +140,11 @@ class LedgerReason(IntEnum):
 
 # Bounds that keep every integer inside msgpack's int64 and leave room for
 # price * qty in a notional computation downstream.
-MAX_PRICE = 10**12
-MAX_QTY = 10**15
-MAX_ORDER_ID = 2**63 - 1
+MAX_PRICE: Final = 10**12
+MAX_QTY: Final = 10**15
+MAX_ORDER_ID: Final = 2**63 - 1
 # Money: amounts are integers in the asset's smallest unit (10**-scale). The
 # sum of all deposits of an asset stays <= MAX_AMOUNT, so no balance leaves
 # int64. Fees are parts per million of the notional, 0..MAX_FEE_PPM.
-MAX_AMOUNT = 2**63 - 1
-MAX_FEE_PPM = 1_000_000
+MAX_AMOUNT: Final = 2**63 - 1
+MAX_FEE_PPM: Final = 1_000_000

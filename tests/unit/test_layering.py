@@ -1,5 +1,6 @@
 """The matching core imports nothing but the standard library, sortedcontainers,
-msgpack and itself (DESIGN.md invariant 7; STYLE.md, layout).
+msgpack and itself (DESIGN.md invariant 7; STYLE.md, layout); the type checker
+alone also reads ``mypy_extensions`` (mypyc's class options, under ``if TYPE_CHECKING``).
 
 Imports are read with ``ast`` from the source files, so an import inside a
 function or under ``if TYPE_CHECKING`` counts as well; calling ``__import__``
@@ -19,6 +20,9 @@ import engine.core
 CORE_DIR = Path(engine.core.__file__).parent
 CORE_PACKAGE = "engine.core"
 THIRD_PARTY_ALLOWED = {"sortedcontainers", "msgpack"}
+# read by the type checker (mypyc's class options, engine/core/_mypyc.py) and never
+# imported at run time: allowed only under ``if TYPE_CHECKING:``
+TYPE_CHECKING_ONLY = {"mypy_extensions"}
 
 
 def _resolve(module: str, level: int, package: str) -> str:
@@ -42,7 +46,11 @@ def _allowed(name: str) -> bool:
 def forbidden_imports(source: str, package: str = CORE_PACKAGE, filename: str = "<src>") -> list:
     """``["file:line: what", ...]`` for every import ``source`` must not make."""
     problems = []
-    for node in ast.walk(ast.parse(source, filename)):
+    tree = ast.parse(source, filename)
+    checking_only = {id(n) for top in ast.walk(tree)
+                     if isinstance(top, ast.If) and isinstance(top.test, ast.Name) and top.test.id == "TYPE_CHECKING"
+                     for stmt in top.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
         names: list = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -55,7 +63,8 @@ def forbidden_imports(source: str, package: str = CORE_PACKAGE, filename: str = 
             called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if called in ("__import__", "import_module"):
                 problems.append(f"{filename}:{node.lineno}: dynamic import via {called}()")
-        problems += [f"{filename}:{node.lineno}: imports {name}" for name in names if not _allowed(name)]
+        problems += [f"{filename}:{node.lineno}: imports {name}" for name in names
+                     if not (_allowed(name) or id(node) in checking_only and name.split(".")[0] in TYPE_CHECKING_ONLY)]
     return problems
 
 
@@ -88,6 +97,9 @@ def test_core_imports_only_stdlib_sortedcontainers_msgpack_and_itself(path):
     "def f():\n    import requests",
     "import importlib\nimportlib.import_module('snapshot')",
     "__import__('recovery')",
+    "from mypy_extensions import mypyc_attr",
+    "if TYPE_CHECKING:\n    pass\nelse:\n    import mypy_extensions",
+    "if TYPE_CHECKING:\n    import numpy",
 ])
 def test_layering_check_catches_a_forbidden_import(source):
     assert forbidden_imports(source) != []
@@ -102,6 +114,7 @@ def test_layering_check_catches_a_forbidden_import(source):
     "from . import types",
     "from .order_book import OrderBook",
     "from engine.core.types import Kind",
+    "if TYPE_CHECKING:\n    from mypy_extensions import mypyc_attr",
 ])
 def test_layering_check_allows_what_the_core_may_use(source):
     assert forbidden_imports(source) == []
