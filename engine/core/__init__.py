@@ -16,12 +16,18 @@ from .commands import (COMMAND_CLASSES, AddAsset, AddSymbol, AmendOrder, BadInpu
 from .errors import BookIntegrityError, CoreError, SequenceGapError
 from .events import (EVENT_CLASSES, LOGGED_KINDS, AssetAdded, BalanceChanged, Event, OrderAmended, OrderCancelled,
                      OrderRejected, OrderRested, SymbolAdded, Trade, TransferDone)
+from . import matcher as _matcher
 from .matcher import Matcher
 from .order_book import OrderBook
 from .price_level import PriceLevel, RestingOrder
 from .types import (BUY, SELL, CancelReason, Kind, LedgerReason, OrderType, RejectReason, Side, TimeInForce)
 
+# True when the matcher is the mypyc-compiled extension module of matcher.py (the
+# build setup.py makes when a C compiler works), False for pure Python.
+COMPILED: bool = not _matcher.__file__.endswith(".py")
+
 __all__ = [
+    "COMPILED",
     "KIND_NAMES", "decode_payload", "to_json",
     "AddSymbol", "AmendOrder", "BadInput", "CancelOrder", "Command", "PlaceOrder", "COMMAND_CLASSES",
     "AddAsset", "Deposit", "Withdraw", "upgrade_command", "Accounts", "SymbolSpec",
