@@ -10,6 +10,7 @@ warning line, the install goes on). Everything else (metadata, packages) is in
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import sys
@@ -20,9 +21,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The modules that pay for being compiled: the hot path of matching and risk.
-# The others stay interpreted (see docs/compiled-build.md): types.py (IntEnum),
-# commands.py and events.py (NamedTuple classes, nothing to speed up), codec.py,
-# errors.py (cold).
+# The others stay interpreted (README, "Two builds"): types.py (IntEnum classes),
+# commands.py and events.py (NamedTuple classes: nothing for mypyc to speed up),
+# codec.py and errors.py (not on the hot path).
 COMPILED = [
     "engine/core/price_level.py",
     "engine/core/order_book.py",
@@ -68,13 +69,18 @@ def _compiler_works() -> bool:
     return True
 
 
+_METADATA_ONLY = {"egg_info", "dist_info", "sdist"}
+
+
 class _BuildExt(build_ext):
     """Generates the C code with mypyc at build time (not when pip only asks for
     metadata), then compiles it; falls back to pure Python when that fails."""
 
     def finalize_options(self) -> None:
-        if self.distribution.ext_modules:   # the placeholder: not a pure build
-            self.distribution.ext_modules = _mypyc_extensions()
+        # the placeholder (not a pure build), and a build, not pip asking for metadata
+        # (egg_info finalizes build_ext too, to list the sources)
+        if self.distribution.ext_modules and not set(self.distribution.commands) <= _METADATA_ONLY:
+            self.distribution.ext_modules = list(_mypyc_extensions())
         super().finalize_options()
 
     def run(self) -> None:
@@ -88,6 +94,7 @@ class _BuildExt(build_ext):
         _remove_stale_extensions()
 
 
+@functools.lru_cache(maxsize=None)   # build_ext is finalized more than once per build
 def _mypyc_extensions() -> list:
     if not _compiler_works():
         _warn("no working C compiler")
