@@ -4,7 +4,9 @@
     python scripts/bench.py [--commands 1000000] [--seed 42] [--dir data/bench] [--skip-goog]
                             [--only real] [--repeat 3] [--no-profile]
 
-Figures (machines here are shared and noisy: compare ratios within one run):
+Figures (machines here are shared and noisy: compare ratios within one run). The first
+line says which build of ``engine/core`` ran (``engine.core.COMPILED``: mypyc or pure
+Python), and so does the final JSON line's ``build`` field:
   1. matching only: commands/s of Matcher.apply on the seeded synthetic flow
      (70% limit, 25% cancel, 5% marketable), against a bare book (SortedDict of
      price -> deque, dict id -> order, no events: the CPython ceiling). Both
@@ -58,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from sortedcontainers import SortedDict  # noqa: E402
 
-from engine.core import Matcher, RestingOrder  # noqa: E402
+from engine.core import COMPILED, Matcher, RestingOrder  # noqa: E402
 from engine.io.synthetic import SyntheticSource  # noqa: E402
 from engine.service import Engine, EngineConfig  # noqa: E402
 from eventstore import WalReader  # noqa: E402
@@ -611,7 +613,9 @@ def main() -> int:
         return fork_child()
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"seed": args.seed, "commands": args.commands}
+    results: dict = {"seed": args.seed, "commands": args.commands, "build": "compiled" if COMPILED else "pure"}
+    # which build of engine/core ran (setup.py: mypyc when a C compiler works, EVENGINE_PURE_PYTHON=1 not)
+    print("build: compiled (mypyc)" if COMPILED else "build: pure Python")
     if args.only == "real":
         real_flow(work, args.repeat, not args.no_profile, results)
         print("\n" + json.dumps(results))
