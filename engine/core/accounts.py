@@ -213,8 +213,8 @@ class Accounts:
         append = out.append
         end = len(out)
         first = out[start]
-        taker = first[10]
-        taker_side = first[6]
+        taker: int = first[10]
+        taker_side: int = first[6]
         t_quote = balance(taker, quote)     # the same lists all along: a self-trade stays exact
         t_base = balance(taker, base)
         fee_account = spec.fee_account
@@ -224,7 +224,11 @@ class Accounts:
         per_balances = self.balances
         for i in range(start, end):
             t = out[i]
-            match_id, price, qty, maker = t[1], t[4], t[5], t[9]
+            match_id: int
+            price: int
+            qty: int
+            maker: int
+            match_id, price, qty, maker = t[1], t[4], t[5], t[9]   # a Trade's fields
             n = price * qty * q
             fee_t = -(-n * trate // _PPM)
             fee_m = -(-n * mrate // _PPM)
