@@ -112,7 +112,7 @@ if os.environ.get("EVENGINE_PURE_PYTHON", "") not in ("", "0"):
     _remove_stale_extensions()
     ext_modules = []
 else:
-    # a placeholder: the real list is mypyc's, made in _BuildExt.run
+    # a placeholder: the real list is mypyc's, made when build_ext is finalized for a build
     ext_modules = [Extension(GROUP + "__mypyc", sources=[])]
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": _BuildExt})
