@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -214,7 +215,7 @@ def main() -> None:
                 # Half the rate of 2: each connection waits DELAY_MS before each request
                 # (wrk's delay()), so 16 connections send about half as many.
                 per_conn_ms = a.connections / (r["per_s"] / 2) * 1000
-                pause_ms = max(1, round(per_conn_ms - r["p50_ms"]))
+                pause_ms = max(1, math.ceil(per_conn_ms - r["p50_ms"]))
                 h = result["http_orders_half"] = wrk(port, "/", a.connections, a.seconds, _WRK_ORDERS,
                                                      {"DELAY_MS": str(pause_ms)})
                 print(f"2a. POST /orders at about half that rate ({a.connections} connections, {pause_ms} ms between "
