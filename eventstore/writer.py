@@ -258,15 +258,9 @@ class WalWriter:
 
     def extend(self, payloads: list) -> int:
         """:meth:`append` each of ``payloads`` (consecutive seqs); return the
-        seq of the last one. One call per command and its trades."""
-        if not self._count:
-            self._t_first = time.perf_counter_ns()
-        self._batch += payloads
-        n = len(payloads)
-        self._count += n
-        self._next_seq += n
-        if self._count >= self.max_frame_events:
-            self._flush_or_queue()
+        seq of the last one (:meth:`extend_at` with a copy of the list, from
+        the next seq, now)."""
+        self.extend_at(self._next_seq, list(payloads), time.perf_counter_ns())
         return self._next_seq - 1
 
     def extend_at(self, first_seq: int, payloads: list, t_first_ns: int) -> None:
