@@ -8,8 +8,6 @@ import importlib
 import importlib.machinery
 from pathlib import Path
 
-import pytest
-
 import engine.core
 
 # setup.py's COMPILED list
@@ -35,10 +33,18 @@ def test_the_other_core_modules_stay_interpreted():
         assert importlib.import_module(f"engine.core.{name}").__file__.endswith(".py")
 
 
-@pytest.mark.skipif(not engine.core.COMPILED, reason="the pure-Python build is imported")
-def test_no_compiled_module_is_older_than_its_source():
+def test_no_compiled_module_is_stale_or_left_behind():
+    """Compiled: no extension module older than its ``.py``. Pure: no extension
+    module left next to the sources at all (a pure reinstall removes them)."""
+    core = Path(engine.core.__file__).parent
     for name in COMPILED_MODULES:
-        ext = Path(importlib.import_module(name).__file__)
-        src = ext.parent / (name.rsplit(".", 1)[1] + ".py")
-        assert ext.stat().st_mtime >= src.stat().st_mtime, \
-            f"{ext.name} is older than {src.name}: install again (pip install -e ., EVENGINE_PURE_PYTHON=1 for the pure build)"
+        stem = name.rsplit(".", 1)[1]
+        src = core / f"{stem}.py"
+        built = [core / f"{stem}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                 if (core / f"{stem}{suffix}").exists()]
+        if engine.core.COMPILED:
+            ext = Path(importlib.import_module(name).__file__)
+            assert ext.stat().st_mtime >= src.stat().st_mtime, \
+                f"{ext.name} is older than {src.name}: install again (pip install -e ., EVENGINE_PURE_PYTHON=1 for the pure build)"
+        else:
+            assert built == [], f"{[p.name for p in built]} left next to {src.name} by an earlier compiled build"
